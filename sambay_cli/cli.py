@@ -1,0 +1,127 @@
+"""The `sambay` command line: a thin Typer app. Each command parses its options and delegates to the module that
+owns the capability; user errors (SambaYError) become one line on stderr and exit code 2."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import typer
+
+from .errors import SambaYError
+
+app = typer.Typer(
+    name="sambay",
+    help="Toolkit for SambaY models (Phi-4-mini-flash-reasoning): inspect, generate, convert, evaluate, quantize.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from . import __version__
+
+        typer.echo(f"sambay {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True, help="Print the version."),
+) -> None:
+    """Toolkit for SambaY models."""
+
+
+# ---------------------------------------------------------------------------------------------------------- info
+@app.command()
+def info(
+    path: Path = typer.Argument(..., help="Model directory (config.json, optionally safetensors weights)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Inspect a checkpoint: config summary, layer map, parameter counts, dtypes, file sizes.
+
+    Works on a folder that holds only config.json (no weights).
+    """
+    from .info import run_info
+
+    run_info(path, json_out=json_out)
+
+
+# ---------------------------------------------------------------------------------------------------------- pull
+@app.command()
+def pull(
+    repo_id: str = typer.Argument(
+        "microsoft/Phi-4-mini-flash-reasoning", help="Hugging Face model repo id (namespace/name)."
+    ),
+    revision: str | None = typer.Option(None, "--revision", help="Branch, tag or commit hash (default: main)."),
+    local_dir: Path | None = typer.Option(
+        None, "--local-dir", help="Put the files in this folder instead of the Hugging Face cache."
+    ),
+    cache_dir: Path | None = typer.Option(
+        None, "--cache-dir", help="Hugging Face cache (default: HF_HUB_CACHE, HF_HOME/hub, ~/.cache/huggingface/hub)."
+    ),
+    remote_code: bool = typer.Option(
+        False, "--include-remote-code", help="Also download the repo's *.py files (never executed by sambay)."
+    ),
+    include: list[str] = typer.Option(
+        [], "--include", help="Extra glob of repo files to download (repeatable), e.g. --include 'README.md'."
+    ),
+    offline: bool = typer.Option(
+        False, "--offline", help="Use the cache only, no network (same as HF_HUB_OFFLINE=1)."
+    ),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --local-dir."),
+    force_download: bool = typer.Option(False, "--force-download", help="Download again even if cached."),
+    no_verify_hash: bool = typer.Option(
+        False, "--no-verify-hash", help="Skip the sha256 check of the weights (headers and index are still checked)."
+    ),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (path, revision, commit, files, bytes)."),
+) -> None:
+    """Download a model from the Hugging Face Hub: config, generation config, safetensors weights + index and
+    tokenizer files only, then verify them; prints the local path.
+
+    Resumes after an interruption (finished files are kept).
+    HF_TOKEN authenticates (gated repos); HF_ENDPOINT picks the Hub; HF_HUB_OFFLINE=1 resolves from the cache only.
+    """
+    from .pull import run_pull
+
+    run_pull(
+        repo_id,
+        revision=revision,
+        local_dir=local_dir,
+        cache_dir=cache_dir,
+        include_remote_code=remote_code,
+        include=include,
+        offline=offline,
+        force=force,
+        force_download=force_download,
+        check_hashes=not no_verify_hash,
+        json_out=json_out,
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the `sambay` console script."""
+    try:
+        app(args=argv, standalone_mode=False)
+    except SambaYError as e:
+        typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except typer.Exit as e:
+        sys.exit(e.exit_code)
+    except typer.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(1)
+    except SystemExit:
+        raise
+    except Exception as e:  # click usage errors and the like
+        import click
+
+        if isinstance(e, click.exceptions.ClickException):
+            e.show()
+            sys.exit(2)
+        raise

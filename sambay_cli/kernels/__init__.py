@@ -1,0 +1,120 @@
+"""The dispatch seam for device-specific operations.
+
+The model calls only the functions exported here. Each op has an ordered list of implementations; the first one
+whose ``available(*tensors)`` is true runs. Today the torch reference (``reference.py``) is the only
+implementation, so it runs everywhere; the project's Triton kernels and the optional mamba-ssm / flash-attn
+kernels register in front of it without any change to the model code.
+
+``SAMBAY_KERNELS=torch`` forces the reference everywhere (for A/B comparisons and debugging).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+from . import reference
+
+
+@dataclass(frozen=True)
+class Implementation:
+    name: str
+    fn: Callable
+    available: Callable[..., bool]
+
+
+_REGISTRY: dict[str, list[Implementation]] = {}
+
+
+def register(op: str, name: str, fn: Callable, available: Callable[..., bool], *, first: bool = True) -> None:
+    """Add an implementation of ``op``; ``first=True`` gives it priority over those already registered."""
+    impls = _REGISTRY.setdefault(op, [])
+    impls.insert(0 if first else len(impls), Implementation(name, fn, available))
+
+
+def _always(*_args, **_kwargs) -> bool:
+    return True
+
+
+for _op in (
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "selective_scan",
+    "selective_state_update",
+    "differential_attention",
+    "swiglu",
+    "gmu_gate",
+):
+    register(_op, "torch", getattr(reference, _op), _always, first=False)
+
+
+def resolve(op: str, *tensors: torch.Tensor) -> Implementation:
+    """The implementation of ``op`` that will run for these tensors."""
+    forced = os.environ.get("SAMBAY_KERNELS", "").strip().lower()
+    for impl in _REGISTRY[op]:
+        if forced and impl.name != forced:
+            continue
+        if impl.available(*tensors):
+            return impl
+    return _REGISTRY[op][-1]
+
+
+def backends() -> dict[str, str]:
+    """Which implementation each op would use on the default CUDA device (or CPU) — for `sambay info`/bench."""
+    probe = torch.empty(0, device="cuda" if torch.cuda.is_available() else "cpu")
+    return {op: resolve(op, probe).name for op in _REGISTRY}
+
+
+def causal_conv1d(x, weight, bias, conv_state=None):
+    return resolve("causal_conv1d", x).fn(x, weight, bias, conv_state)
+
+
+def causal_conv1d_update(x, conv_state, weight, bias):
+    return resolve("causal_conv1d_update", x).fn(x, conv_state, weight, bias)
+
+
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None):
+    return resolve("selective_scan", u).fn(
+        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, initial_state=initial_state
+    )
+
+
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):
+    return resolve("selective_state_update", x).fn(
+        state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
+    )
+
+
+def differential_attention(q, k, v, mask, *, scale, lambda_full, lambda_init, subln_weight, eps):
+    return resolve("differential_attention", q).fn(
+        q, k, v, mask, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init, subln_weight=subln_weight,
+        eps=eps,
+    )
+
+
+def swiglu(gate, up):
+    return resolve("swiglu", gate).fn(gate, up)
+
+
+def gmu_gate(x, memory):
+    return resolve("gmu_gate", x).fn(x, memory)
+
+
+attention_mask = reference.attention_mask
+
+__all__ = [
+    "register",
+    "resolve",
+    "backends",
+    "causal_conv1d",
+    "causal_conv1d_update",
+    "selective_scan",
+    "selective_state_update",
+    "differential_attention",
+    "swiglu",
+    "gmu_gate",
+    "attention_mask",
+]

@@ -1,0 +1,225 @@
+"""Pure-PyTorch reference implementations of every device-specific SambaY operation.
+
+These are the semantics every faster backend must match. They run on any device and in any dtype; internally they
+compute in float32 and return float32 unless stated otherwise. Shapes follow the mamba_ssm conventions where one
+exists (channels before time for the Mamba ops).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# ------------------------------------------------------------------------------------------------------- Mamba-1
+
+
+def causal_conv1d(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv_state: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal depthwise convolution followed by SiLU, continuing from ``conv_state``.
+
+    x: [B, D, L] raw (pre-conv) inputs; weight: [D, K]; bias: [D] or None;
+    conv_state: [B, D, K-1] the raw inputs of the K-1 positions before x (None: zeros).
+    Returns (silu(conv(x)) as float32 [B, D, L], the new conv state [B, D, K-1] in float32).
+    ``weight[:, K-1]`` multiplies the current position.
+    """
+    bsz, dim, length = x.shape
+    k = weight.shape[-1]
+    x = x.float()
+    if conv_state is None:
+        conv_state = x.new_zeros(bsz, dim, k - 1)
+    full = torch.cat([conv_state.float(), x], dim=-1)  # [B, D, K-1+L]
+    y = F.conv1d(full, weight.float().unsqueeze(1), bias.float() if bias is not None else None, groups=dim)
+    new_state = full[:, :, full.shape[-1] - (k - 1):].contiguous() if k > 1 else full[:, :, :0]
+    return F.silu(y), new_state
+
+
+def causal_conv1d_update(
+    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+) -> torch.Tensor:
+    """One decode step of :func:`causal_conv1d`. x: [B, D]; conv_state [B, D, K-1] is updated in place."""
+    k = weight.shape[-1]
+    window = torch.cat([conv_state.float(), x.float().unsqueeze(-1)], dim=-1)  # [B, D, K]
+    y = (window * weight.float().unsqueeze(0)).sum(-1)
+    if bias is not None:
+        y = y + bias.float()
+    if k > 1:
+        conv_state.copy_(window[:, :, 1:])
+    return F.silu(y)
+
+
+def selective_scan(
+    u: torch.Tensor,
+    delta: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    delta_bias: torch.Tensor | None = None,
+    delta_softplus: bool = True,
+    initial_state: torch.Tensor | None = None,
+    time_chunk: int = 64,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mamba-1 selective scan (paper eq. 2a/2b, discretised as in mamba_ssm).
+
+    u, delta, z: [B, D, L]; A: [D, N] (already −exp(A_log)); B, C: [B, N, L]; D: [D]; delta_bias: [D].
+      Δ_t = softplus(delta_t + delta_bias)
+      s_t = exp(Δ_t·A) ⊙ s_{t−1} + (Δ_t·u_t) ⊗ B_t
+      y_t = s_t · C_t + D ⊙ u_t            (then ⊙ silu(z_t) when z is given)
+    Returns (y float32 [B, D, L], final state float32 [B, D, N]).
+    """
+    u = u.float()
+    delta = delta.float()
+    if delta_bias is not None:
+        delta = delta + delta_bias.float()[None, :, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    A = A.float()
+    B = B.float()
+    C = C.float()
+    bsz, dim, length = u.shape
+    state = (
+        initial_state.float().clone()
+        if initial_state is not None
+        else u.new_zeros(bsz, dim, A.shape[-1])
+    )
+    ys = []
+    for t0 in range(0, length, time_chunk):
+        t1 = min(t0 + time_chunk, length)
+        d = delta[:, :, t0:t1]  # [B, D, c]
+        decay = torch.exp(d.unsqueeze(-1) * A[None, :, None, :])  # [B, D, c, N]
+        inject = (d * u[:, :, t0:t1]).unsqueeze(-1) * B[:, None, :, t0:t1].transpose(-1, -2)  # [B, D, c, N]
+        c_chunk = C[:, :, t0:t1]  # [B, N, c]
+        for t in range(t1 - t0):
+            state = decay[:, :, t] * state + inject[:, :, t]
+            ys.append(torch.einsum("bdn,bn->bd", state, c_chunk[:, :, t]))
+    y = torch.stack(ys, dim=-1) if ys else u.new_zeros(bsz, dim, 0)
+    if D is not None:
+        y = y + D.float()[None, :, None] * u
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y, state
+
+
+def selective_state_update(
+    state: torch.Tensor,
+    x: torch.Tensor,
+    dt: torch.Tensor,
+    A: torch.Tensor,
+    B: torch.Tensor,
+    C: torch.Tensor,
+    D: torch.Tensor | None = None,
+    z: torch.Tensor | None = None,
+    dt_bias: torch.Tensor | None = None,
+    dt_softplus: bool = True,
+) -> torch.Tensor:
+    """One decode step of :func:`selective_scan`. state [B, D, N] float32 is updated in place.
+
+    x, dt, z: [B, D]; B, C: [B, N]. Returns y float32 [B, D].
+    """
+    dt = dt.float()
+    if dt_bias is not None:
+        dt = dt + dt_bias.float()
+    if dt_softplus:
+        dt = F.softplus(dt)
+    x = x.float()
+    decay = torch.exp(dt.unsqueeze(-1) * A.float())  # [B, D, N]
+    new_state = decay * state + (dt * x).unsqueeze(-1) * B.float().unsqueeze(1)
+    state.copy_(new_state)
+    y = torch.einsum("bdn,bn->bd", new_state, C.float())
+    if D is not None:
+        y = y + D.float() * x
+    if z is not None:
+        y = y * F.silu(z.float())
+    return y
+
+
+# ------------------------------------------------------------------------------------------------- elementwise
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """up ⊙ silu(gate), computed in float32 and rounded once to the input dtype."""
+    return (F.silu(gate.float()) * up.float()).to(up.dtype)
+
+
+def gmu_gate(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+    """Gated Memory Unit core: silu(x) ⊙ m, computed in float32, rounded once to x's dtype."""
+    return (F.silu(x.float()) * memory.float()).to(x.dtype)
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """RMSNorm over the last dim in float32 (returns float32)."""
+    x = x.float()
+    y = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
+    return y * weight.float() if weight is not None else y
+
+
+# --------------------------------------------------------------------------------------------------- attention
+
+
+def attention_mask(
+    q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor, window: int | None
+) -> torch.Tensor:
+    """Boolean mask [B, Lq, Lk]: key j is visible to query i when it is valid, not in the future, and (for
+    sliding-window layers) among the ``window`` most recent positions including the query itself."""
+    qp = q_pos.view(1, -1, 1)
+    kp = k_pos.view(1, 1, -1)
+    mask = (kp <= qp) & (kp >= 0) & k_valid.unsqueeze(1)
+    if window is not None:
+        mask = mask & (kp > qp - window)
+    return mask
+
+
+def _masked_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor, scale: float):
+    """Softmax attention with grouped KV heads, in float32.
+
+    q: [B, Hq, Lq, d]; k: [B, Hk, Lk, d]; v: [B, Hk, Lk, dv]; mask: [B, Lq, Lk] (True = visible).
+    Query head h reads KV head h // (Hq / Hk). Rows with no visible key return zeros.
+    """
+    bsz, hq, lq, d = q.shape
+    hk = k.shape[1]
+    group = hq // hk
+    qg = q.float().reshape(bsz, hk, group, lq, d)
+    scores = torch.einsum("bkgqd,bksd->bkgqs", qg, k.float()) * scale
+    scores = scores.masked_fill(~mask[:, None, None], float("-inf"))
+    probs = torch.softmax(scores, dim=-1).nan_to_num(0.0)
+    out = torch.einsum("bkgqs,bksd->bkgqd", probs, v.float())
+    return out.reshape(bsz, hq, lq, v.shape[-1])
+
+
+def differential_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    mask: torch.Tensor,
+    *,
+    scale: float,
+    lambda_full: torch.Tensor | None,
+    lambda_init: float,
+    subln_weight: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """Differential attention (Ye et al.) with SambaY's even/odd head striping, or plain GQA.
+
+    q: [B, H, Lq, d]; k, v: [B, G, Lk, d]; mask: [B, Lq, Lk]. Returns float32 [B, H, Lq, d].
+
+    With ``lambda_full`` (a 0-dim tensor λ), the even heads form stream 1 and the odd heads stream 2 (for q, k and v);
+    each stream is GQA with ratio H/G, so query head h reads KV head 2·⌊h/(2H/G)⌋ + (h mod 2):
+        A1 = softmax(q1 k1ᵀ)·[v1 | v2],   A2 = softmax(q2 k2ᵀ)·[v1 | v2]
+        O  = RMSNorm_{2d}(A1 − λ·A2) · (1 − λ_init)
+    and O's two d-wide halves go back to heads 2p and 2p+1.
+    Without ``lambda_full``: plain GQA, query head h reads KV head ⌊h/(H/G)⌋.
+    """
+    if lambda_full is None:
+        return _masked_attention(q, k, v, mask, scale)
+    bsz, h, lq, d = q.shape
+    q1, q2 = q[:, 0::2], q[:, 1::2]
+    k1, k2 = k[:, 0::2], k[:, 1::2]
+    v12 = torch.cat([v[:, 0::2], v[:, 1::2]], dim=-1)  # [B, G/2, Lk, 2d]
+    a1 = _masked_attention(q1, k1, v12, mask, scale)  # [B, H/2, Lq, 2d]
+    a2 = _masked_attention(q2, k2, v12, mask, scale)
+    o = rms_norm(a1 - lambda_full.float() * a2, subln_weight, eps) * (1.0 - lambda_init)
+    # [B, H/2, Lq, 2d] -> [B, H/2, 2, Lq, d] -> heads (2p, 2p+1)
+    o = o.reshape(bsz, h // 2, lq, 2, d).permute(0, 1, 3, 2, 4).reshape(bsz, h, lq, d)
+    return o

@@ -1,0 +1,412 @@
+"""The SambaY decoder-hybrid-decoder in plain PyTorch (arXiv 2507.06607; Phi-4-mini-flash-reasoning).
+
+Read it next to the paper:
+
+* self-decoder (layers i < N/2): Samba — Mamba-1 layers interleaved with sliding-window attention (SWA);
+* layer N/2: a Mamba layer whose scan output y (SSM output + D·x, before the silu(z) gate) is the **memory** m;
+* layer N/2+1: the only full-attention layer; its keys/values are the **shared KV** (YOCO);
+* cross-decoder (i > N/2+1): Gated Memory Units, GMU(x) = W_out(silu(W_in x) ⊙ m), alternating with
+  cross-attention layers that project only queries and attend to the shared KV.
+
+Every layer is pre-norm: h ← h + mixer(norm(h)); h ← h + MLP(norm(h)), with the residual stream h kept in float32
+and sublayer inputs cast to the weight dtype. There is no positional encoding. Attention is differential attention
+(two softmax maps, even/odd head stripes, a learned λ) unless the config turns it off.
+
+Parameter names are those of the official Hugging Face checkpoint (``model.layers.{i}.attn.*`` for every mixer).
+Device-specific operations go through :mod:`sambay_cli.kernels`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import kernels
+from ..config import (
+    CROSS_ATTENTION,
+    FULL_ATTENTION,
+    GMU,
+    MAMBA,
+    MAMBA_MEMORY,
+    SWA,
+    SambaYConfig,
+    lambda_init,
+)
+from .cache import SambaYCache
+
+# Parameters kept in float32 whatever the model dtype (see docs/python-api.md, "Precision").
+FLOAT32_PARAMS = ("A_log", "D", "lambda_q1", "lambda_k1", "lambda_q2", "lambda_k2")
+
+
+class RMSNorm(nn.Module):
+    def __init__(self, dim: int, eps: float) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x32 = x.float()
+        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
+        return (y * self.weight.float()).to(self.weight.dtype)
+
+
+def make_norm(config: SambaYConfig, dim: int) -> nn.Module:
+    if config.norm_type == "rmsnorm":
+        return RMSNorm(dim, config.layer_norm_eps)
+    return nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+
+# ----------------------------------------------------------------------------------------------------- MLP
+
+
+class SwiGLU(nn.Module):
+    """MLP: fc2(up ⊙ silu(gate)) with fc1 = [gate | up]."""
+
+    def __init__(self, config: SambaYConfig) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.fc1(x).chunk(2, dim=-1)
+        return self.fc2(kernels.swiglu(gate, up))
+
+
+# --------------------------------------------------------------------------------------------------- Mamba
+
+
+class Mamba(nn.Module):
+    """Mamba-1 mixer (selective SSM). With ``is_memory`` it also returns its ungated scan output as the GMU memory."""
+
+    def __init__(self, config: SambaYConfig, layer_idx: int, is_memory: bool) -> None:
+        super().__init__()
+        c = config
+        self.layer_idx = layer_idx
+        self.is_memory = is_memory
+        self.d_inner = c.d_inner
+        self.d_state = c.mamba_d_state
+        self.dt_rank = c.mamba_dt_rank
+        self.in_proj = nn.Linear(c.hidden_size, 2 * c.d_inner, bias=c.mamba_proj_bias)  # [x | z]
+        self.conv1d = nn.Conv1d(c.d_inner, c.d_inner, c.mamba_d_conv, groups=c.d_inner, bias=c.mamba_conv_bias,
+                                padding=c.mamba_d_conv - 1)
+        self.x_proj = nn.Linear(c.d_inner, c.mamba_dt_rank + 2 * c.mamba_d_state, bias=False)  # [dt | B | C]
+        self.dt_proj = nn.Linear(c.mamba_dt_rank, c.d_inner, bias=True)
+        self.A_log = nn.Parameter(torch.zeros(c.d_inner, c.mamba_d_state))
+        self.D = nn.Parameter(torch.ones(c.d_inner))
+        self.out_proj = nn.Linear(c.d_inner, c.hidden_size, bias=c.mamba_proj_bias)
+
+    def forward(
+        self, x: torch.Tensor, cache: SambaYCache, decode: bool
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """x: [B, L, C] normed input. Returns (output [B, L, C], memory [B, L, d_inner] or None)."""
+        dtype = x.dtype
+        xz = self.in_proj(x)
+        xs, z = xz.chunk(2, dim=-1)  # [B, L, d_inner] each
+        conv_w = self.conv1d.weight.squeeze(1)  # [d_inner, K]
+        conv_state = cache.conv_states[self.layer_idx]
+        ssm_state = cache.ssm_states[self.layer_idx]
+        A = -torch.exp(self.A_log.float())
+        if decode:  # one token per row, state updated in place
+            xc = kernels.causal_conv1d_update(xs[:, 0], conv_state, conv_w, self.conv1d.bias)  # [B, d_inner] f32
+            xc = xc.to(dtype)
+            dt_low, b, c = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            dt = F.linear(dt_low, self.dt_proj.weight)  # bias is added (in fp32) inside the scan
+            y = kernels.selective_state_update(
+                ssm_state, xc, dt, A, b, c, D=self.D, z=None if self.is_memory else z[:, 0],
+                dt_bias=self.dt_proj.bias, dt_softplus=True,
+            ).unsqueeze(1)  # [B, 1, d_inner] f32
+        else:
+            valid = cache.chunk_valid  # [B, L]; padded positions contribute nothing
+            mask = valid.unsqueeze(1).to(torch.float32)
+            u = xs.transpose(1, 2).float() * mask  # [B, d_inner, L]
+            xc, new_conv_state = kernels.causal_conv1d(u, conv_w, self.conv1d.bias, conv_state)
+            conv_state.copy_(new_conv_state)
+            xc = (xc * mask).to(dtype)  # [B, d_inner, L]
+            x_dbl = self.x_proj(xc.transpose(1, 2))  # [B, L, R + 2N]
+            dt_low, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+            dt = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # [B, d_inner, L]
+            y, last_state = kernels.selective_scan(
+                xc, dt, A, b.transpose(1, 2), c.transpose(1, 2), D=self.D,
+                z=None if self.is_memory else z.transpose(1, 2),
+                delta_bias=self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
+            )
+            ssm_state.copy_(last_state)
+            y = y.transpose(1, 2)  # [B, L, d_inner] f32
+        if self.is_memory:
+            memory = y.to(dtype)  # the scan output with the D skip, before the gate
+            return self.out_proj(kernels.gmu_gate(z, memory)), memory
+        return self.out_proj(y.to(dtype)), None
+
+
+# ----------------------------------------------------------------------------------------------------- GMU
+
+
+class GatedMemoryUnit(nn.Module):
+    """GMU (paper eq. 4): y = W_out(silu(W_in x) ⊙ m), with m the memory of layer N/2."""
+
+    def __init__(self, config: SambaYConfig) -> None:
+        super().__init__()
+        self.in_proj = nn.Linear(config.hidden_size, config.d_inner, bias=config.mlp_bias)
+        self.out_proj = nn.Linear(config.d_inner, config.hidden_size, bias=config.mlp_bias)
+
+    def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        return self.out_proj(kernels.gmu_gate(self.in_proj(x), memory))
+
+
+# ----------------------------------------------------------------------------------------------- attention
+
+
+class DifferentialParams(nn.Module):
+    """λ vectors and the sub-layer RMSNorm of differential attention (``attn.inner_cross_attn.*``)."""
+
+    def __init__(self, head_dim: int) -> None:
+        super().__init__()
+        self.lambda_q1 = nn.Parameter(torch.zeros(head_dim))
+        self.lambda_k1 = nn.Parameter(torch.zeros(head_dim))
+        self.lambda_q2 = nn.Parameter(torch.zeros(head_dim))
+        self.lambda_k2 = nn.Parameter(torch.zeros(head_dim))
+        self.subln = RMSNorm(2 * head_dim, eps=1e-5)
+
+    def lambda_full(self, lambda_init_value: float) -> torch.Tensor:
+        """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init (a scalar per layer)."""
+        l1 = torch.exp(torch.sum(self.lambda_q1.float() * self.lambda_k1.float()))
+        l2 = torch.exp(torch.sum(self.lambda_q2.float() * self.lambda_k2.float()))
+        return l1 - l2 + lambda_init_value
+
+
+class Attention(nn.Module):
+    """Sliding-window, full (KV-producing) or cross attention, differential or plain GQA.
+
+    ``Wqkv`` rows are [Q (H·d) | K (G·d) | V (G·d)]; cross-attention layers project queries only and read the
+    shared KV of layer N/2+1.
+    """
+
+    def __init__(self, config: SambaYConfig, layer_idx: int, kind: str) -> None:
+        super().__init__()
+        c = config
+        self.layer_idx = layer_idx
+        self.kind = kind
+        self.num_heads = c.num_attention_heads
+        self.num_kv_heads = c.num_key_value_heads
+        self.head_dim = c.head_dim
+        self.window = c.sliding_window if kind == SWA else None
+        self.scale = c.head_dim ** -0.5
+        out_rows = c.q_size if kind == CROSS_ATTENTION else c.q_size + 2 * c.kv_size
+        self.Wqkv = nn.Linear(c.hidden_size, out_rows, bias=c.attention_bias)
+        self.out_proj = nn.Linear(c.q_size, c.hidden_size, bias=c.attention_out_bias)
+        self.lambda_init = lambda_init(layer_idx)  # depth = global layer index
+        self.inner_cross_attn = DifferentialParams(c.head_dim) if c.differential_attention else None
+
+    def _heads(self, t: torch.Tensor, n: int) -> torch.Tensor:
+        b, length, _ = t.shape
+        return t.view(b, length, n, self.head_dim).transpose(1, 2)  # [B, n, L, d]
+
+    def _attend(self, q, k, v, mask) -> torch.Tensor:
+        da = self.inner_cross_attn
+        out = kernels.differential_attention(
+            q, k, v, mask, scale=self.scale,
+            lambda_full=da.lambda_full(self.lambda_init) if da is not None else None,
+            lambda_init=self.lambda_init,
+            subln_weight=da.subln.weight if da is not None else None,
+            eps=da.subln.eps if da is not None else 1e-5,
+        )  # [B, H, Lq, d] f32
+        b, _, lq, _ = out.shape
+        return out.transpose(1, 2).reshape(b, lq, self.num_heads * self.head_dim)
+
+    def forward(self, x: torch.Tensor, cache: SambaYCache, positions: torch.Tensor, keep: int | None) -> torch.Tensor:
+        """x: [B, L, C] normed input for the chunk at ``positions``; ``keep``: compute outputs for the last ``keep``
+        positions only (None: all). Returns [B, L or keep, C]."""
+        dtype = x.dtype
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        if self.kind == CROSS_ATTENTION:
+            q = self._heads(self.Wqkv(x), self.num_heads)
+            k, v = cache.kv_k[:, :, : cache.seen + positions.numel()], cache.kv_v[:, :, : cache.seen + positions.numel()]
+            k_pos = cache.kv_pos[: k.shape[2]]
+            k_valid = cache.kv_valid[:, : k.shape[2]]
+            q_pos = positions[positions.numel() - q.shape[2]:]
+        else:
+            qkv = self.Wqkv(x)
+            q = self._heads(qkv[..., :q_size], self.num_heads)
+            k_new = self._heads(qkv[..., q_size:q_size + kv_size], self.num_kv_heads)
+            v_new = self._heads(qkv[..., q_size + kv_size:], self.num_kv_heads)
+            if self.kind == SWA:
+                # keys: the ring (previous ``window`` positions) followed by this chunk; written to the ring after.
+                ring_k, ring_v = cache.swa_k[self.layer_idx], cache.swa_v[self.layer_idx]
+                k = torch.cat([ring_k.to(dtype), k_new], dim=2)
+                v = torch.cat([ring_v.to(dtype), v_new], dim=2)
+                k_pos = torch.cat([cache.swa_pos, positions])
+                k_valid = torch.cat([cache.swa_valid, cache.chunk_valid], dim=1)
+                cache.write_swa(self.layer_idx, k_new, v_new)
+            else:  # full attention: the shared KV producer
+                cache.write_kv(k_new, v_new)
+                end = cache.seen + positions.numel()
+                k, v = cache.kv_k[:, :, :end].to(dtype), cache.kv_v[:, :, :end].to(dtype)
+                k_pos = cache.kv_pos[:end]
+                k_valid = cache.kv_valid[:, :end]
+            q_pos = positions
+            if keep is not None:
+                q = q[:, :, q.shape[2] - keep:]
+                q_pos = positions[positions.numel() - keep:]
+        mask = kernels.attention_mask(q_pos, k_pos, k_valid, self.window)
+        out = self._attend(q, k.to(dtype), v.to(dtype), mask).to(dtype)
+        return self.out_proj(out)
+
+
+# ------------------------------------------------------------------------------------------------- layers
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, config: SambaYConfig, layer_idx: int) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.kind = config.layer_types[layer_idx]
+        self.input_layernorm = make_norm(config, config.hidden_size)
+        if self.kind in (MAMBA, MAMBA_MEMORY):
+            self.attn = Mamba(config, layer_idx, is_memory=self.kind == MAMBA_MEMORY)
+        elif self.kind == GMU:
+            self.attn = GatedMemoryUnit(config)
+        else:
+            self.attn = Attention(config, layer_idx, self.kind)
+        self.post_attention_layernorm = make_norm(config, config.hidden_size)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, h, *, cache, positions, decode, memory, keep):
+        """h: float32 residual stream [B, L, C]. Returns (h, memory)."""
+        dtype = self.input_layernorm.weight.dtype
+        x = self.input_layernorm(h.to(dtype))
+        if self.kind in (MAMBA, MAMBA_MEMORY):
+            a, mem = self.attn(x, cache, decode)
+            if mem is not None:
+                memory = mem
+        elif self.kind == GMU:
+            a = self.attn(x, memory)
+        else:
+            a = self.attn(x, cache, positions, keep if self.kind == FULL_ATTENTION else None)
+            if self.kind == FULL_ATTENTION and keep is not None:
+                h = h[:, h.shape[1] - keep:]  # the cross-decoder only needs the kept positions
+                memory = memory[:, memory.shape[1] - keep:] if memory is not None else None
+        h = h + a.float()
+        h = h + self.mlp(self.post_attention_layernorm(h.to(dtype))).float()
+        return h, memory
+
+
+@dataclass
+class ForwardOutput:
+    logits: torch.Tensor | None  # float32 [B, kept positions, V]
+    hidden_states: list[torch.Tensor] | None = None  # [embeddings, after layer 0, ..., final norm(after last)]
+    last_hidden_raw: torch.Tensor | None = None  # output of the last layer before the final norm
+
+
+class SambaYModel(nn.Module):
+    def __init__(self, config: SambaYConfig) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderLayer(config, i) for i in range(config.num_hidden_layers))
+        self.final_layernorm = make_norm(config, config.hidden_size)
+
+
+class SambaYForCausalLM(nn.Module):
+    """A SambaY language model. ``model(input_ids, attention_mask=None, logits_to_keep=None)`` returns float32
+    logits [batch, time, vocab] (only the last ``logits_to_keep`` positions when given)."""
+
+    def __init__(self, config: SambaYConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.model = SambaYModel(config)
+        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+                                                                          bias=False)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.embed_tokens.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.embed_tokens.weight.device
+
+    def lm_head_weight(self) -> torch.Tensor:
+        return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
+
+    def new_cache(self, batch_size: int, max_length: int) -> SambaYCache:
+        return SambaYCache(self.config, batch_size, max_length, device=self.device, dtype=self.dtype)
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        logits_to_keep: int | None = None,
+    ) -> torch.Tensor:
+        """Full (no-cache) forward. Left padding via ``attention_mask`` (1 = token, 0 = pad)."""
+        out = self.run(input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
+        return out.logits
+
+    @torch.no_grad()
+    def run(
+        self,
+        input_ids: torch.Tensor,
+        *,
+        attention_mask: torch.Tensor | None = None,
+        cache: SambaYCache | None = None,
+        logits_to_keep: int | None = None,
+        compute_logits: bool = True,
+        output_hidden_states: bool = False,
+    ) -> ForwardOutput:
+        """Process new tokens, continuing from ``cache`` (a fresh one when None).
+
+        ``attention_mask`` [B, L] marks the real tokens of this chunk (1) and left padding (0); a mask covering
+        cached + new positions is also accepted (its last L columns are used).
+        ``logits_to_keep``: logits (and cross-decoder work) only for the last k positions.
+        ``compute_logits=False`` only updates the cache: the cross-decoder is skipped entirely (its layers keep no
+        state), which is what chunked prefill needs for all but the last chunk.
+        """
+        if input_ids.dim() != 2:
+            raise ValueError("input_ids must be [batch, time]")
+        bsz, length = input_ids.shape
+        if cache is None:
+            cache = self.new_cache(bsz, length)
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, attention_mask.shape[1] - length:].to(self.device).bool()
+        decode = length == 1 and cache.seen > 0
+        if logits_to_keep is not None and (logits_to_keep <= 0 or logits_to_keep > length):
+            logits_to_keep = length
+        keep = None if output_hidden_states else logits_to_keep
+        if not compute_logits:
+            keep = 0
+        positions = cache.begin(length, attention_mask)
+        h = self.model.embed_tokens(input_ids.to(self.device)).float()
+        hidden = [h] if output_hidden_states else None
+        memory = None
+        kv_layer = self.config.kv_layer
+        for i, layer in enumerate(self.model.layers):
+            if keep == 0 and i >= kv_layer:
+                # only the shared KV is needed from layer N/2+1; no queries, no cross-decoder
+                x = layer.input_layernorm(h.to(layer.input_layernorm.weight.dtype))
+                self._write_shared_kv(layer.attn, x, cache)
+                break
+            h, memory = layer(h, cache=cache, positions=positions, decode=decode, memory=memory, keep=keep)
+            if hidden is not None:
+                hidden.append(h)
+        cache.end(length)
+        if keep == 0:
+            return ForwardOutput(logits=None)
+        raw = h
+        normed = self.model.final_layernorm(h.to(self.dtype))
+        if hidden is not None:
+            hidden[-1] = normed.float()
+        if logits_to_keep is not None:
+            normed = normed[:, normed.shape[1] - logits_to_keep:]
+        logits = F.linear(normed, self.lm_head_weight()).float()
+        return ForwardOutput(logits=logits, hidden_states=hidden, last_hidden_raw=raw if hidden is not None else None)
+
+    @staticmethod
+    def _write_shared_kv(attn: Attention, x: torch.Tensor, cache: SambaYCache) -> None:
+        q_size, kv_size = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
+        w = attn.Wqkv.weight[q_size:]
+        b = attn.Wqkv.bias[q_size:] if attn.Wqkv.bias is not None else None
+        kv = F.linear(x, w, b)
+        k = attn._heads(kv[..., :kv_size], attn.num_kv_heads)
+        v = attn._heads(kv[..., kv_size:], attn.num_kv_heads)
+        cache.write_kv(k, v)
