@@ -50,6 +50,56 @@ def info(
 
 
 # ---------------------------------------------------------------------------------------------------------- pull
+# ------------------------------------------------------------------------------------------------------ generate
+@app.command()
+def generate(
+    model: str | None = typer.Argument(
+        None, help="Model directory, or a Hub repo id already in the local Hugging Face cache (no download: use "
+                   "`sambay pull`). Default: the embedded demo model."),
+    prompt: str | None = typer.Option(None, "--prompt", "-p", help="The prompt text (else --prompt-file or stdin)."),
+    prompt_file: Path | None = typer.Option(None, "--prompt-file", "-f", help="Read the prompt from a file."),
+    input_path: Path | None = typer.Option(None, "--input", help="Batch mode: JSONL of {\"id\", \"prompt\"} or "
+                                              "{\"id\", \"messages\"} rows."),
+    output_path: Path | None = typer.Option(None, "--output", help="Batch mode: JSONL results, appended as rows "
+                                               "finish; rerunning skips rows already there."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", "-n", help="Most new tokens (32768 allowed). "
+                                             "Default: the model's generation config or card, else 1024."),
+    temperature: float | None = typer.Option(None, "--temperature", "-t", help="0 = greedy. Default: the model's "
+                                                "generation config; Phi-4-mini-flash-reasoning: 0.6 (model card)."),
+    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling (Phi-4-mini-flash card: 0.95)."),
+    top_k: int | None = typer.Option(None, "--top-k", help="Keep the k most likely tokens (0 = off)."),
+    min_p: float | None = typer.Option(None, "--min-p", help="Drop tokens below min_p × the top probability."),
+    seed: int | None = typer.Option(None, "--seed", help="Sampling seed (reproducible output)."),
+    stop: list[str] = typer.Option([], "--stop", help="Stop when this string appears (repeatable)."),
+    raw: bool = typer.Option(False, "--raw", help="Send the text as is, without the chat template."),
+    system: str | None = typer.Option(None, "--system", help="A system message (Phi-4-mini-flash's card "
+                                         "recommends none)."),
+    tokenizer: Path | None = typer.Option(None, "--tokenizer", help="Tokenizer directory, when MODEL has none."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: bf16 on GPU, fp32 on "
+                                        "CPU)."),
+    batch_size: int = typer.Option(16, "--batch-size", help="Batch mode: prompts decoded together."),
+    max_context: int | None = typer.Option(None, "--max-context", help="Refuse prompts whose length plus "
+                                              "--max-tokens exceeds this many tokens."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (text, tokens, stats, versions)."),
+) -> None:
+    """Generate text with exact cached decoding, streaming the answer (reasoning shown dimmed).
+
+    Examples: `sambay generate MODEL -p "What is 37 + 48?"`;
+    `sambay generate MODEL --input prompts.jsonl --output out.jsonl`.
+    """
+    from .textgen import GenerateOptions, run_generate
+
+    code = run_generate(GenerateOptions(
+        model=model, prompt=prompt, prompt_file=prompt_file, input_path=input_path, output_path=output_path,
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
+        stop=list(stop), raw=raw, system=system, tokenizer=tokenizer, device=device, dtype=dtype,
+        batch_size=batch_size, max_context=max_context, json_out=json_out,
+    ))
+    if code:
+        raise typer.Exit(code)
+
+
 @app.command()
 def pull(
     repo_id: str = typer.Argument(
@@ -104,7 +154,7 @@ def pull(
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sambay` console script."""
     try:
-        app(args=argv, standalone_mode=False)
+        code = app(args=argv, standalone_mode=False)  # non-standalone click returns typer.Exit's code
     except SambaYError as e:
         typer.secho(f"error: {e}", err=True, fg=typer.colors.RED)
         sys.exit(e.exit_code)
@@ -125,3 +175,5 @@ def main(argv: list[str] | None = None) -> None:
             e.show()
             sys.exit(2)
         raise
+    if isinstance(code, int) and code:
+        sys.exit(code)

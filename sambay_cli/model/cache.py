@@ -127,6 +127,30 @@ class SambaYCache:
         new.chunk_valid = None
         return new
 
+    def compact(self, index: torch.Tensor | list[int]) -> None:
+        """Keep only rows ``index`` (ascending), in place: finished sequences stop costing compute and no second
+        shared-KV buffer is allocated."""
+        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
+        n = int(index.numel())
+
+        def shrink(t: torch.Tensor, upto: int | None = None) -> torch.Tensor:
+            if upto is None:
+                t[:n] = t.index_select(0, index)
+            else:
+                t[:n, :, :upto] = t[:, :, :upto].index_select(0, index)
+            return t[:n]
+
+        self.conv_states = {i: shrink(t) for i, t in self.conv_states.items()}
+        self.ssm_states = {i: shrink(t) for i, t in self.ssm_states.items()}
+        self.swa_k = {i: shrink(t) for i, t in self.swa_k.items()}
+        self.swa_v = {i: shrink(t) for i, t in self.swa_v.items()}
+        self.swa_valid = shrink(self.swa_valid)
+        self.kv_valid = shrink(self.kv_valid)
+        if self.kv_k is not None:
+            self.kv_k = shrink(self.kv_k, self.seen)
+            self.kv_v = shrink(self.kv_v, self.seen)
+        self.batch_size = n
+
     def nbytes(self) -> int:
         """Bytes held by the cache tensors."""
         tensors = [*self.conv_states.values(), *self.ssm_states.values(), *self.swa_k.values(), *self.swa_v.values(),

@@ -1,0 +1,264 @@
+"""The cached generation engine: batched chunked prefill, forking, and one-token decode steps.
+
+Work is organised in waves of at most ``batch_size`` sequences. A wave left-pads its prompts, prefills them in chunks
+of ``prefill_chunk`` positions (all but the last chunk skip the cross-decoder, which keeps no state), forks each
+prompt's state into ``num_samples`` sequences (the shared-KV rows of the prompt are copied, the small Mamba/SWA
+state too), then decodes one token per step. Sequences that finish are dropped from the batch (their cache rows
+are compacted away), so they stop costing compute.
+"""
+
+from __future__ import annotations
+
+import os
+import resource
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import torch
+
+from ..model.cache import SambaYCache
+from ..model.modeling import SambaYForCausalLM
+from .sampling import SamplingParams, make_generator, select_tokens, sequence_seed
+
+
+@dataclass
+class GenerationOutput:
+    tokens: list[list[int]]  # generated ids per output sequence (prompt-major: p * num_samples + k)
+    finish_reasons: list[str]  # 'eos' | 'stop' | 'length' | 'interrupted'
+    logits: list[torch.Tensor] | None = None  # per sequence, float32 [steps, vocab]
+    prompt_tokens: list[int] = field(default_factory=list)  # real prompt length per output sequence
+    seeds: list[int] | None = None
+    stats: dict = field(default_factory=dict)
+    interrupted: bool = False
+
+
+def model_eos_ids(model: SambaYForCausalLM) -> list[int]:
+    """EOS ids from the model directory's generation_config.json, else from config.json."""
+    source = getattr(model, "source_dir", None)
+    if source is not None:
+        from ..tokenizer import load_generation_config
+
+        gen = load_generation_config(source)
+        if gen is not None and gen.eos_token_ids:
+            return list(gen.eos_token_ids)
+    return model.config.eos_token_ids
+
+
+class _StopStrings:
+    """Detects stop strings in a sequence's decoded text, token by token."""
+
+    def __init__(self, tokenizer, stops: Sequence[str]) -> None:
+        self.decoder = tokenizer.stream_decoder()
+        self.stops = [s for s in stops if s]
+        self.tail = ""
+        self.keep = max((len(s) for s in self.stops), default=1)
+
+    def push(self, token: int) -> bool:
+        self.tail += self.decoder.push(token)
+        hit = any(s in self.tail for s in self.stops)
+        self.tail = self.tail[-(self.keep + 64):]
+        return hit
+
+
+def _rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def generate(
+    model: SambaYForCausalLM,
+    prompts: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    min_p: float = 0.0,
+    seed: int | None = None,
+    stop_token_ids: Sequence[int] | None = None,
+    return_logits: bool = False,
+    num_samples: int = 1,
+    sequence_seeds: Sequence[int] | None = None,
+    stop_strings: Sequence[str] | None = None,
+    tokenizer=None,
+    batch_size: int | None = None,
+    prefill_chunk: int = 2048,
+    max_context: int | None = None,
+    on_token: Callable[[int, int], None] | None = None,
+    on_finish: Callable[[int, list[int], str], None] | None = None,
+) -> GenerationOutput:
+    """Generate continuations of token-id prompts with the cached engine.
+
+    ``stop_token_ids=None`` stops on the model's EOS ids, ``[]`` never stops early. ``num_samples`` continuations of
+    each prompt are forked from one prefill. Output sequence i = p * num_samples + k draws from its own generator
+    seeded with ``sequence_seeds[i]`` or ``sequence_seed(seed, i)``. ``on_token(i, token)`` streams tokens;
+    ``on_finish(i, tokens, reason)`` is called as each sequence ends. Ctrl-C stops cleanly: the output keeps what
+    was generated and marks the unfinished sequences 'interrupted'.
+    """
+    if max_new_tokens < 0:
+        raise ValueError("max_new_tokens must be >= 0")
+    if num_samples < 1:
+        raise ValueError("num_samples must be >= 1")
+    prompts = [list(map(int, p)) for p in prompts]
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        if max_context is not None and len(p) + max_new_tokens > max_context:
+            raise ValueError(
+                f"prompt {i} has {len(p)} tokens; with {max_new_tokens} new tokens that exceeds the allowed "
+                f"context of {max_context}"
+            )
+    params = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p)
+    stop_ids = set(model_eos_ids(model) if stop_token_ids is None else stop_token_ids)
+    if stop_strings and tokenizer is None:
+        raise ValueError("stop_strings need a tokenizer")
+    n_out = len(prompts) * num_samples
+    if sequence_seeds is not None:
+        if len(sequence_seeds) != n_out:
+            raise ValueError(f"sequence_seeds needs {n_out} seeds, got {len(sequence_seeds)}")
+        seeds = [int(s) for s in sequence_seeds]
+    elif params.greedy:
+        seeds = None
+    else:
+        base = int.from_bytes(os.urandom(8), "little") >> 1 if seed is None else int(seed)
+        seeds = [sequence_seed(base, i) for i in range(n_out)]
+
+    device = model.device
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    batch_size = batch_size or n_out
+    prompts_per_wave = max(1, batch_size // num_samples)
+
+    out = GenerationOutput(
+        tokens=[[] for _ in range(n_out)],
+        finish_reasons=["length"] * n_out,
+        logits=[[] for _ in range(n_out)] if return_logits else None,  # type: ignore[list-item]
+        prompt_tokens=[len(prompts[i // num_samples]) for i in range(n_out)],
+        seeds=seeds,
+    )
+    stats = {"prefill_seconds": 0.0, "decode_seconds": 0.0, "prefill_tokens": 0, "decode_steps": 0,
+             "cache_bytes": 0}
+    try:
+        for start in range(0, len(prompts), prompts_per_wave):
+            wave = list(range(start, min(start + prompts_per_wave, len(prompts))))
+            _run_wave(model, prompts, wave, num_samples, max_new_tokens, params, seeds, stop_ids, stop_strings,
+                      tokenizer, prefill_chunk, out, stats, on_token, on_finish)
+    except KeyboardInterrupt:
+        out.interrupted = True
+        for i in range(n_out):
+            if out.finish_reasons[i] == "length" and len(out.tokens[i]) < max_new_tokens:
+                out.finish_reasons[i] = "interrupted"
+    if return_logits:
+        out.logits = [torch.stack(steps) if steps else torch.empty(0, model.config.vocab_size)
+                      for steps in out.logits]  # type: ignore[union-attr]
+    generated = sum(len(t) for t in out.tokens)
+    stats["generated_tokens"] = generated
+    stats["prompt_tokens"] = sum(len(p) for p in prompts)
+    stats["prefill_tokens_per_s"] = stats["prefill_tokens"] / stats["prefill_seconds"] if stats["prefill_seconds"] else 0.0
+    stats["decode_tokens_per_s"] = (
+        (generated - n_out) / stats["decode_seconds"] if stats["decode_seconds"] and generated > n_out else 0.0
+    )
+    if device.type == "cuda":
+        stats["peak_memory_bytes"] = int(torch.cuda.max_memory_allocated(device))
+        stats["peak_memory_kind"] = "cuda_allocated"
+    else:
+        stats["peak_memory_bytes"] = _rss_peak_bytes()
+        stats["peak_memory_kind"] = "process_rss"
+    out.stats = stats
+    return out
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def prefill(
+    model: SambaYForCausalLM,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    *,
+    chunk: int = 2048,
+    pad_id: int = 0,
+) -> tuple[SambaYCache, torch.Tensor]:
+    """Left-pad and prefill ``prompts`` in chunks; returns (cache sized for ``max_new_tokens`` more, last logits [B, V])."""
+    device = model.device
+    longest = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), longest), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), longest), dtype=torch.bool)
+    for r, p in enumerate(prompts):
+        ids[r, longest - len(p):] = torch.tensor(p, dtype=torch.long)
+        mask[r, longest - len(p):] = True
+    ids, mask = ids.to(device), mask.to(device)
+    cache = model.new_cache(len(prompts), longest + max_new_tokens)
+    logits = None
+    for c0 in range(0, longest, chunk):
+        c1 = min(c0 + chunk, longest)
+        last = c1 == longest
+        res = model.run(ids[:, c0:c1], attention_mask=mask[:, c0:c1], cache=cache,
+                        logits_to_keep=1 if last else None, compute_logits=last)
+        if last:
+            logits = res.logits[:, -1]
+    return cache, logits
+
+
+def _run_wave(model, prompts, wave, num_samples, max_new_tokens, params, seeds, stop_ids, stop_strings, tokenizer,
+              prefill_chunk, out, stats, on_token, on_finish) -> None:
+    device = model.device
+    _sync(device)
+    t0 = time.perf_counter()
+    pad_id = model.config.pad_token_id if isinstance(model.config.pad_token_id, int) else 0
+    cache, logits = prefill(model, [prompts[p] for p in wave], max_new_tokens, chunk=prefill_chunk, pad_id=pad_id)
+    if num_samples > 1:  # fork: every prompt's state serves num_samples sequences
+        fork = torch.arange(len(wave), device=device).repeat_interleave(num_samples)
+        cache = cache.select(fork)
+        logits = logits.index_select(0, fork)
+    _sync(device)
+    stats["prefill_seconds"] += time.perf_counter() - t0
+    stats["prefill_tokens"] += sum(len(prompts[p]) for p in wave)
+    stats["cache_bytes"] = max(stats["cache_bytes"], cache.nbytes())
+    if max_new_tokens == 0:
+        return
+    # output indices of the rows of this wave
+    active = [p * num_samples + k for p in wave for k in range(num_samples)]
+    generators = [make_generator(seeds[i], device) for i in active] if seeds is not None else None
+    stoppers = {i: _StopStrings(tokenizer, stop_strings) for i in active} if stop_strings else {}
+    t1 = time.perf_counter()
+    step = 0
+    while True:
+        tokens = select_tokens(logits, params, generators)
+        token_list = tokens.tolist()
+        keep_rows = []
+        for row, (i, tok) in enumerate(zip(active, token_list, strict=True)):
+            out.tokens[i].append(tok)
+            if out.logits is not None:
+                out.logits[i].append(logits[row].float().cpu())
+            if on_token is not None:
+                on_token(i, tok)
+            reason = None
+            if tok in stop_ids:
+                reason = "eos"
+            elif i in stoppers and stoppers[i].push(tok):
+                reason = "stop"
+            elif len(out.tokens[i]) >= max_new_tokens:
+                reason = "length"
+            if reason is None:
+                keep_rows.append(row)
+            else:
+                out.finish_reasons[i] = reason
+                if on_finish is not None:
+                    on_finish(i, out.tokens[i], reason)
+        step += 1
+        if not keep_rows:
+            break
+        if len(keep_rows) < len(active):  # drop finished rows: they stop costing compute
+            index = torch.tensor(keep_rows, device=device)
+            cache.compact(index)
+            tokens = tokens.index_select(0, index)
+            active = [active[r] for r in keep_rows]
+            if generators is not None:
+                generators = [generators[r] for r in keep_rows]
+        logits = model.run(tokens.view(-1, 1), cache=cache).logits[:, -1]
+    _sync(device)
+    stats["decode_seconds"] += time.perf_counter() - t1
+    stats["decode_steps"] += step

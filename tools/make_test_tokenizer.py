@@ -1,0 +1,245 @@
+"""Build tests/fixtures/tokenizer-tiny: a 512-id byte-level BPE tokenizer shaped like Phi-4-mini-flash-reasoning's.
+
+The real tokenizer (o200k byte-level BPE, ~200k ids) is too large for a test fixture, and the tiny fixture model has a
+512-row embedding. This script trains, deterministically, a byte-level BPE on a small built-in English/math text with
+the `tokenizers` library and gives it the Phi-4 special tokens with the real flags (special or not, rstrip), plus
+`<think>` and `</think>` as plain (non-special) added tokens. Ids: 0 = <|endoftext|> (the tiny model's bos/eos/pad id),
+1..256 = the 256 byte symbols, then the learned merges, then the other added tokens; 512 ids in total.
+
+    .venv/bin/python tools/make_test_tokenizer.py [--out tests/fixtures/tokenizer-tiny]
+
+Run it again to check the committed fixture: it rewrites identical files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+# Single-threaded training keeps the merge order reproducible.
+os.environ.setdefault("RAYON_NUM_THREADS", "1")
+
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "tokenizer-tiny"
+HUB_METADATA = REPO_ROOT / "tests" / "fixtures" / "phi4flash-hub-metadata"
+
+TOTAL_IDS = 512
+EOS_TOKEN = "<|endoftext|>"
+
+# (content, special, rstrip) exactly as in Phi-4-mini-flash-reasoning's tokenizer_config.json, in id order.
+PHI4_ADDED_TOKENS: list[tuple[str, bool, bool]] = [
+    ("<|endoftext|>", True, False),
+    ("<|endofprompt|>", True, False),
+    ("<|assistant|>", True, True),
+    ("<|end|>", True, True),
+    ("<|user|>", True, True),
+    ("<|system|>", True, True),
+    ("<|tool|>", False, True),
+    ("<|/tool|>", False, True),
+    ("<|tool_call|>", False, True),
+    ("<|/tool_call|>", False, True),
+    ("<|tool_response|>", False, True),
+    ("<|tag|>", True, True),
+]
+PLAIN_ADDED_TOKENS = ["<think>", "</think>"]
+
+# The public o200k pre-tokenization pattern (what the real tokenizer.json splits on before byte-level BPE).
+O200K_PATTERN = "|".join(
+    [
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*(?i:'s|'t|'re|'ve|'m|'ll|'d)?",
+        r"\p{N}{1,3}",
+        r" ?[^\s\p{L}\p{N}]+[\r\n/]*",
+        r"\s*[\r\n]+",
+        r"\s+(?!\S)",
+        r"\s+",
+    ]
+)
+
+TRAINING_TEXT = """\
+The quick brown fox jumps over the lazy dog. A small model can still learn how words are built.
+To solve an equation, move every term to one side and simplify. Let us think step by step.
+How to solve 3*x^2+4*x+5=1? Subtract 1 from both sides: 3*x^2+4*x+4=0. The discriminant is 16-48=-32.
+Since the discriminant is negative, there are no real solutions; the complex roots are x = (-4 ± i*sqrt(32))/6.
+The sum of the first n odd numbers is n^2. For example 1+3+5+7 = 16 = 4^2.
+If a triangle has sides 3, 4 and 5, then it is a right triangle because 9 + 16 = 25.
+The derivative of x^3 is 3*x^2, and the integral of 2*x from 0 to 1 equals 1.
+What is 37 + 48? First add the tens: 30 + 40 = 70. Then the ones: 7 + 8 = 15. So the answer is 85.
+The probability of rolling two sixes with two fair dice is 1/36.
+A prime number has exactly two divisors: one and itself. The primes below twenty are 2, 3, 5, 7, 11, 13, 17, 19.
+We compute the greatest common divisor of 84 and 36 with the Euclidean algorithm: 84 = 2*36 + 12, 36 = 3*12.
+Therefore the answer is 12. Let me check the result again before writing the final answer.
+The user asked a question and the assistant gave an answer. The system sets the rules of the conversation.
+Reasoning models write their thoughts first, then give a short final answer in a box: \\boxed{85}.
+Numbers such as 100, 250, 1000 and 2048 appear often in computer science.
+The function f(x) = x^2 - 2*x + 1 = (x - 1)^2 has its minimum at x = 1, where f(1) = 0.
+Water boils at 100 degrees Celsius at sea level. The speed of light is about 300000 kilometres per second.
+She said that the weather would be fine today, so they went for a walk in the park with their friends.
+In a geometric series with ratio r and |r| < 1, the sum equals a / (1 - r).
+The matrix [[1, 2], [3, 4]] has determinant 1*4 - 2*3 = -2.
+"""
+
+
+def train_backend() -> Tokenizer:
+    """Train the byte-level BPE and register the added tokens; the result has exactly TOTAL_IDS ids."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(O200K_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    later_added = len(PHI4_ADDED_TOKENS) - 1 + len(PLAIN_ADDED_TOKENS)
+    trainer = trainers.BpeTrainer(
+        vocab_size=TOTAL_IDS - later_added,
+        min_frequency=1,
+        special_tokens=[AddedToken(EOS_TOKEN, special=True, normalized=False)],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    lines = TRAINING_TEXT.splitlines(keepends=True)
+    tokenizer.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    learned = tokenizer.get_vocab_size(with_added_tokens=True)
+    if learned != TOTAL_IDS - later_added:
+        raise SystemExit(f"training text too small: got {learned} ids, want {TOTAL_IDS - later_added}")
+
+    for content, special, rstrip in PHI4_ADDED_TOKENS[1:]:
+        token = AddedToken(content, special=special, rstrip=rstrip, lstrip=False, normalized=False, single_word=False)
+        (tokenizer.add_special_tokens if special else tokenizer.add_tokens)([token])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
+    total = tokenizer.get_vocab_size(with_added_tokens=True)
+    if total != TOTAL_IDS:
+        raise SystemExit(f"expected {TOTAL_IDS} ids, got {total}")
+    return tokenizer
+
+
+def tokenizer_config(tokenizer: Tokenizer) -> dict:
+    """tokenizer_config.json in the real file's shape: same flags, real chat template, ids of this vocabulary."""
+    real = json.loads((HUB_METADATA / "tokenizer_config.json").read_text(encoding="utf-8"))
+    decoder: dict[str, dict] = {}
+    for content, special, rstrip in PHI4_ADDED_TOKENS:
+        decoder[str(tokenizer.token_to_id(content))] = {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": rstrip,
+            "single_word": False,
+            "special": special,
+        }
+    for content in PLAIN_ADDED_TOKENS:
+        decoder[str(tokenizer.token_to_id(content))] = {
+            "content": content,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": False,
+        }
+    return {
+        "add_bos_token": False,
+        "add_eos_token": False,
+        "add_prefix_space": False,
+        "added_tokens_decoder": decoder,
+        "bos_token": EOS_TOKEN,
+        "chat_template": real["chat_template"],
+        "clean_up_tokenization_spaces": False,
+        "eos_token": EOS_TOKEN,
+        "model_max_length": 65536,
+        "pad_token": EOS_TOKEN,
+        "tokenizer_class": "GPT2Tokenizer",
+        "unk_token": EOS_TOKEN,
+    }
+
+
+def special_tokens_map() -> dict:
+    entry = {"content": EOS_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {name: dict(entry) for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+
+
+def generation_config(tokenizer: Tokenizer) -> dict:
+    eos_id = tokenizer.token_to_id(EOS_TOKEN)
+    return {
+        "bos_token_id": eos_id,
+        "eos_token_id": [tokenizer.token_to_id("<|end|>"), eos_id],
+        "pad_token_id": eos_id,
+    }
+
+
+README = """\
+# tokenizer-tiny: a 512-id stand-in for the Phi-4-mini-flash-reasoning tokenizer
+
+Generated by `tools/make_test_tokenizer.py` (do not edit by hand; rerun the script, it is deterministic):
+
+    .venv/bin/python tools/make_test_tokenizer.py
+
+- `tokenizer.json`: byte-level BPE trained with the `tokenizers` library ({tokenizers_version}) on a small built-in
+  English/math text, o200k pre-tokenization regex + ByteLevel, {total} ids in total (the tiny fixture model
+  `phi4flash-tiny-a` has vocab 512). Id 0 = `<|endoftext|>`, ids 1..256 = byte symbols, then learned merges,
+  then the added tokens.
+- Added tokens, flags as in the real `tokenizer_config.json`: {added}. `<think>` and `</think>` are plain added tokens
+  (not special), as in the real vocabulary where they are ordinary text.
+- `tokenizer_config.json`: the real Phi-4 chat template, `add_bos_token` / `add_eos_token` false, bos/eos/pad/unk =
+  `<|endoftext|>`.
+- `special_tokens_map.json`: bos/eos/pad/unk = `<|endoftext|>`.
+- `generation_config.json`: `eos_token_id` = [id of `<|end|>`, id of `<|endoftext|>`] = {eos_ids}.
+
+Only for tests: the ids do not match the real tokenizer's (e.g. `<|end|>` is 200020 there).
+"""
+
+
+def write_fixture(out_dir: Path) -> None:
+    import tokenizers
+
+    tokenizer = train_backend()
+    files = {
+        "tokenizer.json": tokenizer.to_str(pretty=True) + "\n",
+        "tokenizer_config.json": json.dumps(tokenizer_config(tokenizer), indent=2, ensure_ascii=False) + "\n",
+        "special_tokens_map.json": json.dumps(special_tokens_map(), indent=2) + "\n",
+        "generation_config.json": json.dumps(generation_config(tokenizer), indent=2) + "\n",
+    }
+    added = ", ".join(
+        f"`{c}` {tokenizer.token_to_id(c)} ({'special' if s else 'not special'}{', rstrip' if r else ''})"
+        for c, s, r in PHI4_ADDED_TOKENS
+    ) + ", " + ", ".join(f"`{c}` {tokenizer.token_to_id(c)}" for c in PLAIN_ADDED_TOKENS)
+    files["README.md"] = README.format(
+        tokenizers_version=tokenizers.__version__,
+        total=tokenizer.get_vocab_size(with_added_tokens=True),
+        added=added,
+        eos_ids=generation_config(tokenizer)["eos_token_id"],
+    )
+    # Atomic: write a sibling temp dir, then swap it in.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    staging.chmod(0o755)
+    try:
+        for name, text in files.items():
+            (staging / name).write_text(text, encoding="utf-8")
+        if out_dir.exists():
+            backup = out_dir.with_name(f".{out_dir.name}.old")
+            shutil.rmtree(backup, ignore_errors=True)
+            out_dir.rename(backup)
+            staging.rename(out_dir)
+            shutil.rmtree(backup)
+        else:
+            staging.rename(out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    print(f"wrote {out_dir} ({tokenizer.get_vocab_size(with_added_tokens=True)} ids)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="output folder (replaced)")
+    args = parser.parse_args()
+    write_fixture(args.out)
+
+
+if __name__ == "__main__":
+    main()
