@@ -65,6 +65,7 @@ def _rss_peak_bytes() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+@torch.inference_mode()
 def generate(
     model: SambaYForCausalLM,
     prompts: Sequence[Sequence[int]],
@@ -173,6 +174,7 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@torch.inference_mode()
 def prefill(
     model: SambaYForCausalLM,
     prompts: Sequence[Sequence[int]],

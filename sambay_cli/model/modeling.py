@@ -343,7 +343,6 @@ class SambaYForCausalLM(nn.Module):
         out = self.run(input_ids, attention_mask=attention_mask, logits_to_keep=logits_to_keep)
         return out.logits
 
-    @torch.no_grad()
     def run(
         self,
         input_ids: torch.Tensor,
@@ -361,6 +360,7 @@ class SambaYForCausalLM(nn.Module):
         ``logits_to_keep``: logits (and cross-decoder work) only for the last k positions.
         ``compute_logits=False`` only updates the cache: the cross-decoder is skipped entirely (its layers keep no
         state), which is what chunked prefill needs for all but the last chunk.
+        Differentiable when parameters require grad (training); inference callers wrap it in torch.inference_mode().
         """
         if input_ids.dim() != 2:
             raise ValueError("input_ids must be [batch, time]")
