@@ -151,6 +151,57 @@ def pull(
     )
 
 
+# ---------------------------------------------------------------------------------------------------------- eval
+@app.command("eval")
+def eval_command(
+    model: str | None = typer.Argument(None, help="Model directory, or a Hub id already in the local HF cache "
+                                                  "(not needed with --rescore)."),
+    task: list[str] = typer.Option(["all"], "--task", "-t", help="aime24, aime25, math500, gpqa_diamond, all, or "
+                                   "any lm-eval task name (repeat the option or separate with commas)."),
+    samples: int | None = typer.Option(None, "--samples", help="Samples per problem (default: the paper's, 64 for "
+                                       "AIME, 8 for MATH-500 and GPQA Diamond)."),
+    temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature (0: greedy)."),
+    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold."),
+    max_tokens: int = typer.Option(32768, "--max-tokens", help="Maximum new tokens per sample (the prompt is "
+                                   "never truncated)."),
+    limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N problems of each task."),
+    seed: int = typer.Option(0, "--seed", help="Seed: each sample's seed derives from (seed, task, problem, "
+                             "sample); also orders the GPQA choices."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Sequences decoded together (default: the "
+                                          "engine's choice)."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Output folder (default sambay-eval/<model>); "
+                                       "rerunning with the same folder resumes."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer directory (default: the model's)."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32, bfloat16 or float16 (default: bfloat16 on "
+                                     "CUDA, float32 on CPU)."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Local benchmark files (<task>.jsonl/.json/"
+                                         ".parquet/.csv or <task>/); fully offline. Default: the Hub (cached)."),
+    gpus: int | None = typer.Option(None, "--gpus", help="Launch N processes with torchrun (one per GPU)."),
+    rescore_dir: Path | None = typer.Option(None, "--rescore", help="Re-score DIR/samples.jsonl with the current "
+                                            "scorer and rewrite the metrics; generates nothing."),
+    force: bool = typer.Option(False, "--force", help="Discard an existing output made with another configuration."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
+) -> None:
+    """Evaluate on AIME24, AIME25, MATH-500 and GPQA Diamond with the paper's protocol (through lm-eval).
+
+    Reports avg@k (the paper's Pass@1), pass@k, maj@k, truncation rate and mean generated tokens with standard
+    errors; writes results.json and samples.jsonl. Resumable; see docs/eval.md.
+    """
+    from .evaluation.runner import EvalOptions, rescore, run_eval
+
+    if rescore_dir is not None:
+        rescore(rescore_dir, json_out=json_out)
+        return
+    run_eval(
+        EvalOptions(model=model, tasks=task, samples=samples, temperature=temperature, top_p=top_p,
+                    max_tokens=max_tokens, limit=limit, seed=seed, batch_size=batch_size, output=output,
+                    tokenizer=tokenizer, device=device, dtype=dtype, data_dir=str(data_dir) if data_dir else None,
+                    force=force, json_out=json_out, gpus=gpus),
+        argv=sys.argv[1:],
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point of the `sambay` console script."""
     try:
