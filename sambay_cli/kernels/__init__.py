@@ -2,10 +2,13 @@
 
 The model calls only the functions exported here. Each op has an ordered list of implementations; the first one
 whose ``available(*tensors)`` is true runs. Today the torch reference (``reference.py``) is the only
-implementation, so it runs everywhere; the project's Triton kernels and the optional mamba-ssm / flash-attn
-kernels register in front of it without any change to the model code.
+implementation everywhere else; on CUDA the project's Triton kernels (``triton_ops.py``) take the Mamba decode step,
+the prefill scan and decode attention. Optional mamba-ssm / flash-attn kernels can register in front the same way
+without any change to the model code.
 
-``SAMBAY_KERNELS=torch`` forces the reference everywhere (for A/B comparisons and debugging).
+``SAMBAY_KERNELS=torch`` forces the reference everywhere (for A/B comparisons and debugging);
+``SAMBAY_KERNELS=triton`` forces the Triton kernels where they exist, even on CPU tensors (tests run them under the
+Triton interpreter that way).
 """
 
 from __future__ import annotations
@@ -45,18 +48,79 @@ for _op in (
     "selective_scan",
     "selective_state_update",
     "differential_attention",
+    "attention_decode",
     "swiglu",
     "gmu_gate",
 ):
     register(_op, "torch", getattr(reference, _op), _always, first=False)
 
 
+# ------------------------------------------------------------------------------------ the project's Triton kernels
+_TRITON_STATE: dict[str, object] = {}
+
+
+def _triton_module():
+    """sambay_cli.kernels.triton_ops, imported on first use (None when Triton is missing or broken)."""
+    if "module" not in _TRITON_STATE:
+        try:
+            from . import triton_ops
+
+            _TRITON_STATE["module"] = triton_ops
+        except Exception as e:  # pragma: no cover - depends on the machine
+            _TRITON_STATE["module"] = None
+            _TRITON_STATE["error"] = repr(e)
+    return _TRITON_STATE["module"]
+
+
+def _on_cuda_with_triton(t: torch.Tensor, *_args) -> bool:
+    return t.is_cuda and _triton_module() is not None
+
+
+def _pow2(n: int) -> bool:
+    return n > 0 and n & (n - 1) == 0
+
+
+def _triton_attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps):
+    h, g, d = q.shape[1], k.shape[1], q.shape[2]
+    ratio = (h // 2) // (g // 2) if lambda_full is not None else h // g
+    if not (_pow2(d) and _pow2(ratio)):
+        return reference.attention_decode(q, k, v, valid, n_keys_t, n_keys, scale=scale, lambda_full=lambda_full,
+                                          lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
+    return _triton_module().diff_attention_decode(q, k, v, valid, n_keys_t, scale=scale, lambda_full=lambda_full,
+                                                  lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
+
+
+def _triton_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
+                           initial_state=None):
+    return _triton_module().selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
+                                           delta_softplus=delta_softplus, initial_state=initial_state)
+
+
+def _triton_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):
+    return _triton_module().selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
+                                                   dt_softplus=dt_softplus)
+
+
+def _triton_conv_update(x, conv_state, weight, bias):
+    if weight.shape[-1] < 2:
+        return reference.causal_conv1d_update(x, conv_state, weight, bias)
+    return _triton_module().causal_conv1d_update(x, conv_state, weight, bias)
+
+
+register("attention_decode", "triton", _triton_attention_decode, _on_cuda_with_triton)
+register("selective_scan", "triton", _triton_selective_scan, _on_cuda_with_triton)
+register("selective_state_update", "triton", _triton_state_update, _on_cuda_with_triton)
+register("causal_conv1d_update", "triton", _triton_conv_update, _on_cuda_with_triton)
+
+
 def resolve(op: str, *tensors: torch.Tensor) -> Implementation:
     """The implementation of ``op`` that will run for these tensors."""
     forced = os.environ.get("SAMBAY_KERNELS", "").strip().lower()
+    if forced:
+        for impl in _REGISTRY[op]:
+            if impl.name == forced:
+                return impl
     for impl in _REGISTRY[op]:
-        if forced and impl.name != forced:
-            continue
         if impl.available(*tensors):
             return impl
     return _REGISTRY[op][-1]
@@ -95,6 +159,13 @@ def differential_attention(q, k, v, mask, *, scale, lambda_full, lambda_init, su
     )
 
 
+def attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps):
+    return resolve("attention_decode", q).fn(
+        q, k, v, valid, n_keys_t, n_keys, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init,
+        subln_weight=subln_weight, eps=eps,
+    )
+
+
 def swiglu(gate, up):
     return resolve("swiglu", gate).fn(gate, up)
 
@@ -114,6 +185,7 @@ __all__ = [
     "selective_scan",
     "selective_state_update",
     "differential_attention",
+    "attention_decode",
     "swiglu",
     "gmu_gate",
     "attention_mask",

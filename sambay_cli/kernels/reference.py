@@ -223,3 +223,26 @@ def differential_attention(
     # [B, H/2, Lq, 2d] -> [B, H/2, 2, Lq, d] -> heads (2p, 2p+1)
     o = o.reshape(bsz, h // 2, lq, 2, d).permute(0, 1, 3, 2, 4).reshape(bsz, h, lq, d)
     return o
+
+
+def attention_decode(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    valid: torch.Tensor,
+    n_keys_t: torch.Tensor,
+    n_keys: int,
+    *,
+    scale: float,
+    lambda_full: torch.Tensor | None,
+    lambda_init: float,
+    subln_weight: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """Decode-time attention of one query per row over a cache: q [B, H, d]; k, v [B, G, S_max, d]; only the first
+    ``n_keys`` positions (also given as the device tensor ``n_keys_t``) are read, masked by ``valid`` [B, S_max].
+    Returns float32 [B, H, d]."""
+    mask = valid[:, None, :n_keys]
+    out = differential_attention(q.unsqueeze(2), k[:, :, :n_keys], v[:, :, :n_keys], mask, scale=scale,
+                                 lambda_full=lambda_full, lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
+    return out[:, :, 0]

@@ -61,6 +61,10 @@ class SambaYCache:
         self.kv_pos = torch.arange(max_length, device=device)
         # set by begin() for the chunk being processed
         self.chunk_valid: torch.Tensor | None = None
+        # device-side mirrors for graph-safe decoding: the position being decoded and the keys visible to it
+        self.pos_t = torch.zeros(1, dtype=torch.long, device=device)
+        self.n_keys_t = torch.ones(1, dtype=torch.long, device=device)
+        self.window_t = torch.full((1,), self.window, dtype=torch.long, device=device)
 
     # --------------------------------------------------------------------------------------- chunk bookkeeping
     def begin(self, length: int, valid: torch.Tensor | None) -> torch.Tensor:
@@ -76,6 +80,34 @@ class SambaYCache:
         self.kv_valid[:, self.seen:self.seen + length] = self.chunk_valid
         return torch.arange(self.seen, self.seen + length, device=self.device)
 
+    # ------------------------------------------------------------------------- one-token decode (graph-safe)
+    def begin_decode(self) -> None:
+        """Start a one-token step at position ``pos_t``. Only device-side ops, so the step can be CUDA-graphed:
+        the new position becomes a valid key (shared KV) and takes its slot in the SWA rings."""
+        if self.seen + 1 > self.max_length:
+            raise ValueError(f"cache holds {self.max_length} positions; all used")
+        self.chunk_valid = None
+        self.n_keys_t.copy_(self.pos_t + 1)
+        self.kv_valid.index_fill_(1, self.pos_t, True)
+        if self.window:
+            slot = torch.remainder(self.pos_t, self.window)
+            self.swa_pos.index_copy_(0, slot, self.pos_t)
+            self.swa_valid.index_fill_(1, slot, True)
+
+    def end_decode(self) -> None:
+        self.pos_t.add_(1)
+        self.seen += 1
+
+    def write_swa_decode(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [B, G, 1, d] → the ring slot of the current position."""
+        slot = torch.remainder(self.pos_t, self.window)
+        self.swa_k[layer].index_copy_(2, slot, k.to(self.dtype))
+        self.swa_v[layer].index_copy_(2, slot, v.to(self.dtype))
+
+    def write_kv_decode(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.kv_k.index_copy_(2, self.pos_t, k.to(self.dtype))
+        self.kv_v.index_copy_(2, self.pos_t, v.to(self.dtype))
+
     def end(self, length: int) -> None:
         """Finish the chunk: record the positions written into the SWA rings and advance."""
         if self.window:
@@ -85,6 +117,7 @@ class SambaYCache:
             self.swa_pos[slots] = pos
             self.swa_valid[:, slots] = self.chunk_valid[:, length - n:]
         self.seen += length
+        self.pos_t.fill_(self.seen)
         self.chunk_valid = None
 
     def write_swa(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
@@ -125,6 +158,8 @@ class SambaYCache:
             new.kv_k[:, :, : self.seen] = self.kv_k[:, :, : self.seen].index_select(0, index)
             new.kv_v[:, :, : self.seen] = self.kv_v[:, :, : self.seen].index_select(0, index)
         new.chunk_valid = None
+        new.pos_t = self.pos_t.clone()
+        new.n_keys_t = self.n_keys_t.clone()
         return new
 
     def compact(self, index: torch.Tensor | list[int]) -> None:

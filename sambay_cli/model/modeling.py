@@ -216,9 +216,42 @@ class Attention(nn.Module):
         b, _, lq, _ = out.shape
         return out.transpose(1, 2).reshape(b, lq, self.num_heads * self.head_dim)
 
-    def forward(self, x: torch.Tensor, cache: SambaYCache, positions: torch.Tensor, keep: int | None) -> torch.Tensor:
+    def _decode(self, x: torch.Tensor, cache: SambaYCache) -> torch.Tensor:
+        """One new token per row (x: [B, 1, C]): write its K/V, then attend over the ring / shared KV."""
+        dtype = x.dtype
+        bsz = x.shape[0]
+        q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        qkv = self.Wqkv(x)
+        q = qkv[:, 0, :q_size].reshape(bsz, self.num_heads, self.head_dim)
+        if self.kind == CROSS_ATTENTION:
+            k_buf, v_buf, valid, n_keys = cache.kv_k, cache.kv_v, cache.kv_valid, cache.seen + 1
+        else:
+            k_new = self._heads(qkv[..., q_size:q_size + kv_size], self.num_kv_heads)
+            v_new = self._heads(qkv[..., q_size + kv_size:], self.num_kv_heads)
+            if self.kind == SWA:  # the ring holds exactly the window once the new key is in
+                cache.write_swa_decode(self.layer_idx, k_new, v_new)
+                k_buf, v_buf = cache.swa_k[self.layer_idx], cache.swa_v[self.layer_idx]
+                valid, n_keys = cache.swa_valid, cache.window
+            else:
+                cache.write_kv_decode(k_new, v_new)
+                k_buf, v_buf, valid, n_keys = cache.kv_k, cache.kv_v, cache.kv_valid, cache.seen + 1
+        n_keys_t = cache.window_t if self.kind == SWA else cache.n_keys_t
+        da = self.inner_cross_attn
+        out = kernels.attention_decode(
+            q, k_buf, v_buf, valid, n_keys_t, n_keys, scale=self.scale,
+            lambda_full=da.lambda_full(self.lambda_init) if da is not None else None,
+            lambda_init=self.lambda_init,
+            subln_weight=da.subln.weight if da is not None else None,
+            eps=da.subln.eps if da is not None else 1e-5,
+        )  # [B, H, d] f32
+        return self.out_proj(out.reshape(bsz, 1, q_size).to(dtype))
+
+    def forward(self, x: torch.Tensor, cache: SambaYCache, positions: torch.Tensor | None, keep: int | None,
+                decode: bool = False) -> torch.Tensor:
         """x: [B, L, C] normed input for the chunk at ``positions``; ``keep``: compute outputs for the last ``keep``
         positions only (None: all). Returns [B, L or keep, C]."""
+        if decode:
+            return self._decode(x, cache)
         dtype = x.dtype
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
         if self.kind == CROSS_ATTENTION:
@@ -284,7 +317,7 @@ class DecoderLayer(nn.Module):
         elif self.kind == GMU:
             a = self.attn(x, memory)
         else:
-            a = self.attn(x, cache, positions, keep if self.kind == FULL_ATTENTION else None)
+            a = self.attn(x, cache, positions, keep if self.kind == FULL_ATTENTION else None, decode=decode)
             if self.kind == FULL_ATTENTION and keep is not None:
                 h = h[:, h.shape[1] - keep:]  # the cross-decoder only needs the kept positions
                 memory = memory[:, memory.shape[1] - keep:] if memory is not None else None
@@ -375,7 +408,11 @@ class SambaYForCausalLM(nn.Module):
         keep = None if output_hidden_states else logits_to_keep
         if not compute_logits:
             keep = 0
-        positions = cache.begin(length, attention_mask)
+        if decode:
+            cache.begin_decode()
+            positions = None
+        else:
+            positions = cache.begin(length, attention_mask)
         h = self.model.embed_tokens(input_ids.to(self.device)).float()
         hidden = [h] if output_hidden_states else None
         memory = None
@@ -389,7 +426,10 @@ class SambaYForCausalLM(nn.Module):
             h, memory = layer(h, cache=cache, positions=positions, decode=decode, memory=memory, keep=keep)
             if hidden is not None:
                 hidden.append(h)
-        cache.end(length)
+        if decode:
+            cache.end_decode()
+        else:
+            cache.end(length)
         if keep == 0:
             return ForwardOutput(logits=None)
         raw = h
