@@ -49,6 +49,40 @@ def info(
     run_info(path, json_out=json_out)
 
 
+# --------------------------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    model: str | None = typer.Argument(None, help="Model directory or cached Hub id (default: --config "
+                                       "phi4-mini-flash with random weights)."),
+    config: str | None = typer.Option(None, "--config", help="Build a shape with random weights instead: "
+                                      "'phi4-mini-flash' (the official 3.8B) or a config.json path. No download."),
+    prompt_len: int = typer.Option(2048, "--prompt-len", help="Prompt length (prefill is timed at it)."),
+    gen_len: int = typer.Option(32768, "--gen-len", help="Generated tokens the cache is sized for."),
+    batch: list[str] = typer.Option(["1"], "--batch", help="Batch size(s): repeat or comma-separate, e.g. 1,8,16."),
+    contexts: list[int] = typer.Option([], "--context", help="Context length(s) to time decode at (default: 2K, 4K, "
+                                       "8K, 16K, 32K within prompt+gen)."),
+    steps: int = typer.Option(100, "--steps", help="Decode steps timed at each context."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: bf16 on GPU, fp32 on CPU)."),
+    baseline: str | None = typer.Option(None, "--baseline", help="'dense': also run a dense Phi-4-mini-shaped "
+                                        "transformer in Hugging Face transformers on the same device."),
+    no_graphs: bool = typer.Option(False, "--no-graphs", help="Decode eagerly instead of replaying CUDA graphs."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure prefill and decode throughput, memory and bandwidth against the roofline (and a dense baseline).
+
+    Decode at long context is measured by filling the caches synthetically to each context length and timing
+    decode steps there; full-generation times are integrated over the measured contexts (said in the output).
+    """
+    from .bench import parse_batches, run_bench
+
+    if baseline not in (None, "dense"):
+        raise SambaYError("--baseline takes 'dense'")
+    run_bench(model, config=config, prompt_len=prompt_len, gen_len=gen_len, batches=parse_batches(batch),
+              contexts=list(contexts) or None, steps=steps, device=device, dtype=dtype, baseline=baseline,
+              graphs=not no_graphs, json_out=json_out)
+
+
 # ---------------------------------------------------------------------------------------------------------- pull
 # ------------------------------------------------------------------------------------------------------ generate
 @app.command()
@@ -149,6 +183,39 @@ def pull(
         check_hashes=not no_verify_hash,
         json_out=json_out,
     )
+
+
+# ---------------------------------------------------------------------------------------------------------- convert
+@app.command()
+def convert(
+    src: Path = typer.Argument(..., help="ArchScale iter-*-ckpt.pth or run folder (default direction), or a Hugging "
+                                         "Face model directory (with --to archscale)."),
+    out: Path = typer.Argument(..., help="Output directory (created atomically; must not exist unless --force)."),
+    to: str = typer.Option("hf", "--to", help="Target format: 'hf' (Hugging Face) or 'archscale'."),
+    layout: str = typer.Option("2025", "--layout", help="ArchScale layout for --to archscale: 2025 (fused grouped "
+                                                         "attn.attn, exact) or 2026 (separate q/k/v, no k bias)."),
+    archscale_config: Path | None = typer.Option(None, "--archscale-config", help="JSON of ArchScale's Config "
+                                                 "fields, for models outside ArchScale's registry."),
+    dtype: str = typer.Option("bf16", "--dtype", help="Output dtype: bf16, fp16 or fp32 (A_log and the λ vectors "
+                                                      "stay float32)."),
+    max_shard_size: str = typer.Option("5GB", "--max-shard-size", help="Largest safetensors shard, e.g. 5GB, 500MB."),
+    tokenizer: str | None = typer.Option(None, "--tokenizer", help="Tokenizer directory to copy (or a Hub id "
+                                                                   "already in the local HF cache)."),
+    verify: bool = typer.Option(False, "--verify", help="Compare the output's logits with an independent ArchScale "
+                                                        "forward on random ids; fail beyond tolerance."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing OUT."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of text."),
+) -> None:
+    """Convert ArchScale training checkpoints (.pth) to Hugging Face format, or back with --to archscale.
+
+    Reads the checkpoint safely (weights_only, memory-mapped; the optimizer state is never loaded), rebuilds the
+    configuration from its hparams, folds μP++ scales into standard weights and writes config.json,
+    generation_config.json and safetensors shards. See docs/convert.md.
+    """
+    from .convert import run_convert
+
+    run_convert(src, out, to=to, layout=layout, archscale_config=archscale_config, dtype=dtype,
+                max_shard_size=max_shard_size, tokenizer=tokenizer, verify=verify, force=force, json_out=json_out)
 
 
 # ---------------------------------------------------------------------------------------------------------- eval

@@ -148,3 +148,24 @@ def test_bad_requests(fx):
         generate(model, [[1, 2, 3]], max_new_tokens=8, max_context=10)
     with pytest.raises(ValueError, match="top_p"):
         generate(model, [[1]], max_new_tokens=1, temperature=1.0, top_p=0.0)
+
+
+def test_continuous_batching_refills_freed_rows(fx):
+    """Rows freed by early stops take waiting prompts (continuous batching); every sequence still equals its own
+    full no-cache forward, whatever the batch size."""
+    _, model, g, cfg = fx
+    ids = g["ids_a"].flatten().tolist()
+    prompts = [ids[i: i + 1 + (i % 6)] for i in range(0, 42, 6)]  # 7 prompts, lengths 1..6
+    probe = generate(model, prompts, max_new_tokens=12, stop_token_ids=[])
+    stop = probe.tokens[0][2]  # a token that occurs early in at least one sequence
+    runs = {b: generate(model, prompts, max_new_tokens=12, stop_token_ids=[stop], batch_size=b, return_logits=True)
+            for b in (1, 2, 7)}
+    assert runs[1].tokens == runs[2].tokens == runs[7].tokens
+    assert any(r == "eos" for r in runs[2].finish_reasons) and any(r == "length" for r in runs[2].finish_reasons)
+    for p, prompt in enumerate(prompts):
+        seq = prompt + runs[2].tokens[p]
+        ref = model(torch.tensor([seq]))[0][len(prompt) - 1: len(seq) - 1]
+        assert_close_fp32(runs[2].logits[p], ref, f"refilled row, prompt {p}")
+    sampled = [generate(model, prompts, max_new_tokens=10, temperature=1.0, seed=5, num_samples=2,
+                        stop_token_ids=[stop], batch_size=b).tokens for b in (2, 4, 14)]
+    assert sampled[0] == sampled[1] == sampled[2]

@@ -89,7 +89,7 @@ def test_attention_decode(diff, h, g):
     valid[:, 0] = True
     lam = torch.tensor(0.37, device=DEV) if diff else None
     w = torch.randn(2 * d, device=DEV) if diff else None
-    n_keys = torch.tensor([n], device=DEV)
+    n_keys = torch.tensor([n, n], device=DEV)
     out = ops.diff_attention_decode(q, k, v, valid, n_keys, scale=d ** -0.5, lambda_full=lam, lambda_init=0.6,
                                     subln_weight=w, eps=1e-5, splits=4, block_s=8)
     mask = valid[:, None, :n]

@@ -19,6 +19,7 @@ import torch
 
 from ..model.cache import SambaYCache
 from ..model.modeling import SambaYForCausalLM
+from .cuda_graphs import GraphedDecodeStep, graphs_enabled
 from .sampling import SamplingParams, make_generator, select_tokens, sequence_seed
 
 
@@ -128,7 +129,7 @@ def generate(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     batch_size = batch_size or n_out
-    prompts_per_wave = max(1, batch_size // num_samples)
+    capacity = max(num_samples, min(batch_size, n_out))
 
     out = GenerationOutput(
         tokens=[[] for _ in range(n_out)],
@@ -140,10 +141,8 @@ def generate(
     stats = {"prefill_seconds": 0.0, "decode_seconds": 0.0, "prefill_tokens": 0, "decode_steps": 0,
              "cache_bytes": 0}
     try:
-        for start in range(0, len(prompts), prompts_per_wave):
-            wave = list(range(start, min(start + prompts_per_wave, len(prompts))))
-            _run_wave(model, prompts, wave, num_samples, max_new_tokens, params, seeds, stop_ids, stop_strings,
-                      tokenizer, prefill_chunk, out, stats, on_token, on_finish)
+        _Scheduler(model, prompts, num_samples, max_new_tokens, params, seeds, stop_ids, stop_strings, tokenizer,
+                   prefill_chunk, capacity, out, stats, on_token, on_finish).run()
     except KeyboardInterrupt:
         out.interrupted = True
         for i in range(n_out):
@@ -204,63 +203,156 @@ def prefill(
     return cache, logits
 
 
-def _run_wave(model, prompts, wave, num_samples, max_new_tokens, params, seeds, stop_ids, stop_strings, tokenizer,
-              prefill_chunk, out, stats, on_token, on_finish) -> None:
-    device = model.device
-    _sync(device)
-    t0 = time.perf_counter()
-    pad_id = model.config.pad_token_id if isinstance(model.config.pad_token_id, int) else 0
-    cache, logits = prefill(model, [prompts[p] for p in wave], max_new_tokens, chunk=prefill_chunk, pad_id=pad_id)
-    if num_samples > 1:  # fork: every prompt's state serves num_samples sequences
-        fork = torch.arange(len(wave), device=device).repeat_interleave(num_samples)
-        cache = cache.select(fork)
-        logits = logits.index_select(0, fork)
-    _sync(device)
-    stats["prefill_seconds"] += time.perf_counter() - t0
-    stats["prefill_tokens"] += sum(len(prompts[p]) for p in wave)
-    stats["cache_bytes"] = max(stats["cache_bytes"], cache.nbytes())
-    if max_new_tokens == 0:
-        return
-    # output indices of the rows of this wave
-    active = [p * num_samples + k for p in wave for k in range(num_samples)]
-    generators = [make_generator(seeds[i], device) for i in active] if seeds is not None else None
-    stoppers = {i: _StopStrings(tokenizer, stop_strings) for i in active} if stop_strings else {}
-    t1 = time.perf_counter()
-    step = 0
-    while True:
-        tokens = select_tokens(logits, params, generators)
-        token_list = tokens.tolist()
-        keep_rows = []
-        for row, (i, tok) in enumerate(zip(active, token_list, strict=True)):
-            out.tokens[i].append(tok)
-            if out.logits is not None:
-                out.logits[i].append(logits[row].float().cpu())
-            if on_token is not None:
-                on_token(i, tok)
-            reason = None
-            if tok in stop_ids:
-                reason = "eos"
-            elif i in stoppers and stoppers[i].push(tok):
-                reason = "stop"
-            elif len(out.tokens[i]) >= max_new_tokens:
-                reason = "length"
-            if reason is None:
-                keep_rows.append(row)
+class _Scheduler:
+    """Continuous batching: up to ``capacity`` sequences decode together; as sequences finish, waiting prompts are
+    prefilled (in groups, chunked) and moved into the freed rows (their state is inserted; each row keeps its own
+    position). When nothing is waiting, finished rows are compacted away so they stop costing compute."""
+
+    def __init__(self, model, prompts, num_samples, max_new_tokens, params, seeds, stop_ids, stop_strings, tokenizer,
+                 prefill_chunk, capacity, out, stats, on_token, on_finish) -> None:
+        self.model = model
+        self.prompts = prompts
+        self.k = num_samples
+        self.max_new = max_new_tokens
+        self.params = params
+        self.seeds = seeds
+        self.stop_ids = stop_ids
+        self.stop_strings = stop_strings
+        self.tokenizer = tokenizer
+        self.chunk = prefill_chunk
+        self.capacity = capacity
+        self.out = out
+        self.stats = stats
+        self.on_token = on_token
+        self.on_finish = on_finish
+        self.device = model.device
+        self.waiting = list(range(len(prompts)))[::-1]  # a stack: pop() gives the next prompt in order
+        self.pad_id = model.config.pad_token_id if isinstance(model.config.pad_token_id, int) else 0
+
+    def _admit(self, cache, rows, logits, generators, stoppers) -> None:
+        """Prefill as many waiting prompts as free rows allow (k rows each) and insert them."""
+        free = [r for r, i in enumerate(rows) if i is None]
+        take = min(len(self.waiting), len(free) // self.k)
+        if take == 0:
+            return
+        group = [self.waiting.pop() for _ in range(take)]
+        _sync(self.device)
+        t0 = time.perf_counter()
+        gcache, glogits = prefill(self.model, [self.prompts[p] for p in group], 0, chunk=self.chunk,
+                                  pad_id=self.pad_id)
+        pairs = [(j, sample) for j in range(take) for sample in range(self.k)]  # fork: k sequences per prompt
+        src = [j for j, _ in pairs]
+        dst = free[: len(src)]
+        cache.insert(dst, gcache, src)
+        for row in dst:
+            self.row_pos[row] = gcache.seen
+        logits[torch.tensor(dst, device=self.device)] = glogits[torch.tensor(src, device=self.device)].float()
+        del gcache
+        _sync(self.device)
+        self.stats["prefill_seconds"] += time.perf_counter() - t0
+        self.stats["prefill_tokens"] += sum(len(self.prompts[p]) for p in group)
+        for row, (j, sample) in zip(dst, pairs, strict=True):
+            i = group[j] * self.k + sample
+            rows[row] = i
+            if self.seeds is not None:
+                generators[row] = make_generator(self.seeds[i], self.device)
+            if self.stop_strings:
+                stoppers[i] = _StopStrings(self.tokenizer, self.stop_strings)
+
+    def _record(self, row: int, i: int, tok: int, logits_row, stoppers) -> str | None:
+        out = self.out
+        out.tokens[i].append(tok)
+        if out.logits is not None:
+            out.logits[i].append(logits_row.to(device="cpu", dtype=torch.float32, copy=True))
+        if self.on_token is not None:
+            self.on_token(i, tok)
+        if tok in self.stop_ids:
+            return "eos"
+        if i in stoppers and stoppers[i].push(tok):
+            return "stop"
+        if len(out.tokens[i]) >= self.max_new:
+            return "length"
+        return None
+
+    def _sample(self, sample_rows, rows, logits, tokens, generators, stoppers) -> list[int]:
+        """Choose the next token of ``sample_rows`` from their logits, record it, and return the rows that ended."""
+        act = torch.tensor(sample_rows, device=self.device)
+        chosen = select_tokens(logits.index_select(0, act), self.params,
+                               [generators[r] for r in sample_rows] if self.seeds is not None else None)
+        tokens[act] = chosen
+        finished = []
+        for r, tok in zip(sample_rows, chosen.tolist(), strict=True):
+            i = rows[r]
+            reason = self._record(r, i, tok, logits[r], stoppers)
+            if reason is not None:
+                self.out.finish_reasons[i] = reason
+                finished.append(r)
+                if self.on_finish is not None:
+                    self.on_finish(i, self.out.tokens[i], reason)
+        return finished
+
+    def run(self) -> None:
+        model, device = self.model, self.device
+        longest = max(len(p) for p in self.prompts)
+        cache = model.new_cache(self.capacity, longest + self.max_new)
+        rows: list[int | None] = [None] * self.capacity
+        logits = torch.zeros(self.capacity, model.config.vocab_size, device=device)
+        generators: list = [None] * self.capacity
+        stoppers: dict[int, _StopStrings] = {}
+        self.row_pos = [0] * self.capacity  # host copy of each row's position (rows advance together)
+        self.stats["cache_bytes"] = max(self.stats["cache_bytes"], cache.nbytes())
+        self._admit(cache, rows, logits, generators, stoppers)
+        if self.max_new == 0:
+            return
+        use_graphs = graphs_enabled(model)
+        graphed: GraphedDecodeStep | None = None
+        decode_t, steps = 0.0, 0
+        while True:
+            t0 = time.perf_counter()
+            tokens = torch.zeros(len(rows), dtype=torch.long, device=device)
+            to_sample = [r for r, i in enumerate(rows) if i is not None]
+            shrink = False
+            while to_sample:  # rows admitted into freed slots sample their first token in the same round
+                finished = self._sample(to_sample, rows, logits, tokens, generators, stoppers)
+                to_sample = []
+                if finished:
+                    for r in finished:
+                        rows[r] = None
+                        generators[r] = None
+                        self.row_pos[r] = 0
+                    cache.park(finished)
+                    if self.waiting:
+                        before = {r for r, i in enumerate(rows) if i is not None}
+                        decode_t += time.perf_counter() - t0
+                        self._admit(cache, rows, logits, generators, stoppers)
+                        t0 = time.perf_counter()
+                        to_sample = [r for r, i in enumerate(rows) if i is not None and r not in before]
+                    else:
+                        shrink = True
+            if not any(i is not None for i in rows):
+                decode_t += time.perf_counter() - t0
+                break
+            if shrink:  # nothing waiting: drop finished rows so they stop costing compute
+                kept = [r for r, i in enumerate(rows) if i is not None]
+                keep = torch.tensor(kept, device=device)
+                cache.compact(keep)
+                tokens = tokens.index_select(0, keep)
+                logits = logits.index_select(0, keep)
+                rows = [rows[r] for r in kept]
+                generators = [generators[r] for r in kept]
+                self.row_pos = [self.row_pos[r] for r in kept]
+                graphed = None  # the batch shrank: capture again
+            cache.seen = max(self.row_pos)  # the longest row bounds what attention has to read
+            if graphed is not None:
+                new_logits = graphed(tokens)
             else:
-                out.finish_reasons[i] = reason
-                if on_finish is not None:
-                    on_finish(i, out.tokens[i], reason)
-        step += 1
-        if not keep_rows:
-            break
-        if len(keep_rows) < len(active):  # drop finished rows: they stop costing compute
-            index = torch.tensor(keep_rows, device=device)
-            cache.compact(index)
-            tokens = tokens.index_select(0, index)
-            active = [active[r] for r in keep_rows]
-            if generators is not None:
-                generators = [generators[r] for r in keep_rows]
-        logits = model.run(tokens.view(-1, 1), cache=cache).logits[:, -1]
-    _sync(device)
-    stats["decode_seconds"] += time.perf_counter() - t1
-    stats["decode_steps"] += step
+                new_logits = model.run(tokens.view(-1, 1), cache=cache).logits[:, -1]
+                if use_graphs and cache.seen < cache.max_length:  # the eager step warmed up the kernels
+                    graphed = GraphedDecodeStep(model, cache)
+            logits.copy_(new_logits)
+            self.row_pos = [p + 1 for p in self.row_pos]
+            steps += 1
+            _sync(device)
+            decode_t += time.perf_counter() - t0
+        self.stats["decode_seconds"] += decode_t
+        self.stats["decode_steps"] += steps

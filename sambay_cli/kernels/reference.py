@@ -162,9 +162,10 @@ def attention_mask(
     q_pos: torch.Tensor, k_pos: torch.Tensor, k_valid: torch.Tensor, window: int | None
 ) -> torch.Tensor:
     """Boolean mask [B, Lq, Lk]: key j is visible to query i when it is valid, not in the future, and (for
-    sliding-window layers) among the ``window`` most recent positions including the query itself."""
+    sliding-window layers) among the ``window`` most recent positions including the query itself.
+    ``k_pos`` is [Lk] (shared by all rows) or [B, Lk]."""
     qp = q_pos.view(1, -1, 1)
-    kp = k_pos.view(1, 1, -1)
+    kp = k_pos.view(1, 1, -1) if k_pos.dim() == 1 else k_pos[:, None, :]
     mask = (kp <= qp) & (kp >= 0) & k_valid.unsqueeze(1)
     if window is not None:
         mask = mask & (kp > qp - window)

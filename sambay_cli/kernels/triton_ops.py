@@ -207,7 +207,7 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
     pid_b = tl.program_id(0)
     g = tl.program_id(1)
     sp = tl.program_id(2)
-    n_keys = tl.load(len_ptr)
+    n_keys = tl.load(len_ptr + pid_b)
     per_split = tl.cdiv(S_MAX, SPLIT)
     s_begin = sp * per_split
     s_end = tl.minimum(s_begin + per_split, n_keys)
@@ -368,7 +368,8 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     """Decode attention for one query per sequence.
 
     q: [B, H, d]; k, v: [B, G, S_max, d] (a cache; only the first ``n_keys`` positions are read); valid: [B, S_max]
-    (bool/uint8: padding and empty slots are False); n_keys: int64 tensor [1] on the device (graph-safe).
+    (bool/uint8: padding and empty slots are False); n_keys: int64 tensor [B] on the device, keys per row
+    (graph-safe).
     Returns float32 [B, H, d] — for differential attention already normalised and scaled, heads in order.
     """
     bsz, h, d = q.shape

@@ -3,13 +3,15 @@
 * per Mamba layer (self-decoder and the memory layer): a conv state (the last d_conv−1 raw inputs) and an SSM state,
   both float32;
 * per sliding-window layer: a ring buffer of the last ``window`` keys/values. The model has no positional encoding,
-  so slot order is irrelevant: position p lives in slot p mod window. The slot positions and validity are shared by
-  all SWA layers;
+  so slot order is irrelevant: position p lives in slot p mod window;
 * one KV buffer for the full-attention layer N/2+1, preallocated to ``max_length`` and read by every
   cross-attention layer (the YOCO shared KV);
 * nothing for GMU and cross-attention layers: the GMU memory is only needed for the current tokens.
 
-Batches are left-padded, so every row shares the same absolute positions; ``*_valid`` masks mark padding.
+Prefill processes chunks in which every row shares the same positions (prompts are left-padded; ``*_valid`` masks
+mark padding). Decoding keeps one position per row (``pos_t``), so rows can hold sequences that started at different
+times (continuous batching: :meth:`insert` moves a freshly prefilled sequence into a free row). Decode bookkeeping is
+device-side only, so a decode step can be captured in a CUDA graph.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ class SambaYCache:
         self.max_length = max_length
         self.device = torch.device(device)
         self.dtype = dtype
-        self.seen = 0  # positions processed so far (the same for every row)
+        self.seen = 0  # largest number of positions any row has used (capacity bookkeeping)
         c = config
         g, hd = c.num_key_value_heads, c.head_dim
         self.conv_states: dict[int, torch.Tensor] = {}
@@ -42,16 +44,15 @@ class SambaYCache:
         self.swa_k: dict[int, torch.Tensor] = {}
         self.swa_v: dict[int, torch.Tensor] = {}
         types = c.layer_types
+        self.window = c.sliding_window if SWA in types else 0
         for i, t in enumerate(types):
             if t in MAMBA_TYPES:
                 self.conv_states[i] = torch.zeros(batch_size, c.d_inner, c.mamba_d_conv - 1, device=device)
                 self.ssm_states[i] = torch.zeros(batch_size, c.d_inner, c.mamba_d_state, device=device)
             elif t == SWA:
-                w = min(c.sliding_window, max_length)
-                self.swa_k[i] = torch.zeros(batch_size, g, w, hd, device=device, dtype=dtype)
-                self.swa_v[i] = torch.zeros(batch_size, g, w, hd, device=device, dtype=dtype)
-        self.window = min(c.sliding_window, max_length) if self.swa_k else 0
-        self.swa_pos = torch.full((self.window,), -1, dtype=torch.long, device=device)
+                self.swa_k[i] = torch.zeros(batch_size, g, self.window, hd, device=device, dtype=dtype)
+                self.swa_v[i] = torch.zeros(batch_size, g, self.window, hd, device=device, dtype=dtype)
+        self.swa_pos = torch.full((batch_size, self.window), -1, dtype=torch.long, device=device)
         self.swa_valid = torch.zeros(batch_size, self.window, dtype=torch.bool, device=device)
         self.kv_k = self.kv_v = None
         if FULL_ATTENTION in types:
@@ -59,54 +60,24 @@ class SambaYCache:
             self.kv_v = torch.zeros(batch_size, g, max_length, hd, device=device, dtype=dtype)
         self.kv_valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.kv_pos = torch.arange(max_length, device=device)
-        # set by begin() for the chunk being processed
-        self.chunk_valid: torch.Tensor | None = None
-        # device-side mirrors for graph-safe decoding: the position being decoded and the keys visible to it
-        self.pos_t = torch.zeros(1, dtype=torch.long, device=device)
-        self.n_keys_t = torch.ones(1, dtype=torch.long, device=device)
-        self.window_t = torch.full((1,), self.window, dtype=torch.long, device=device)
+        self.chunk_valid: torch.Tensor | None = None  # set by begin() for the chunk being processed
+        # per-row decode position, keys visible to it, and the ring size (device tensors: graph-safe)
+        self.rows = torch.arange(batch_size, device=device)
+        self.pos_t = torch.zeros(batch_size, dtype=torch.long, device=device)
+        self.n_keys_t = torch.ones(batch_size, dtype=torch.long, device=device)
+        self.window_t = torch.full((batch_size,), self.window, dtype=torch.long, device=device)
 
-    # --------------------------------------------------------------------------------------- chunk bookkeeping
+    # ------------------------------------------------------------------------------- chunks (shared positions)
     def begin(self, length: int, valid: torch.Tensor | None) -> torch.Tensor:
-        """Start processing ``length`` new positions; ``valid`` [B, length] marks real tokens (None: all).
-        Returns the new tokens' absolute positions."""
+        """Start processing ``length`` new positions for every row; ``valid`` [B, length] marks real tokens
+        (None: all). Returns the new tokens' absolute positions."""
         if self.seen + length > self.max_length:
-            raise ValueError(
-                f"cache holds {self.max_length} positions; {self.seen} used, {length} more requested"
-            )
+            raise ValueError(f"cache holds {self.max_length} positions; {self.seen} used, {length} more requested")
         if valid is None:
             valid = torch.ones(self.batch_size, length, dtype=torch.bool, device=self.device)
         self.chunk_valid = valid.to(device=self.device, dtype=torch.bool)
         self.kv_valid[:, self.seen:self.seen + length] = self.chunk_valid
         return torch.arange(self.seen, self.seen + length, device=self.device)
-
-    # ------------------------------------------------------------------------- one-token decode (graph-safe)
-    def begin_decode(self) -> None:
-        """Start a one-token step at position ``pos_t``. Only device-side ops, so the step can be CUDA-graphed:
-        the new position becomes a valid key (shared KV) and takes its slot in the SWA rings."""
-        if self.seen + 1 > self.max_length:
-            raise ValueError(f"cache holds {self.max_length} positions; all used")
-        self.chunk_valid = None
-        self.n_keys_t.copy_(self.pos_t + 1)
-        self.kv_valid.index_fill_(1, self.pos_t, True)
-        if self.window:
-            slot = torch.remainder(self.pos_t, self.window)
-            self.swa_pos.index_copy_(0, slot, self.pos_t)
-            self.swa_valid.index_fill_(1, slot, True)
-
-    def end_decode(self) -> None:
-        self.pos_t.add_(1)
-        self.seen += 1
-
-    def write_swa_decode(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [B, G, 1, d] → the ring slot of the current position."""
-        slot = torch.remainder(self.pos_t, self.window)
-        self.swa_k[layer].index_copy_(2, slot, k.to(self.dtype))
-        self.swa_v[layer].index_copy_(2, slot, v.to(self.dtype))
-
-    def write_kv_decode(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.kv_k.index_copy_(2, self.pos_t, k.to(self.dtype))
-        self.kv_v.index_copy_(2, self.pos_t, v.to(self.dtype))
 
     def end(self, length: int) -> None:
         """Finish the chunk: record the positions written into the SWA rings and advance."""
@@ -114,7 +85,7 @@ class SambaYCache:
             n = min(length, self.window)
             pos = torch.arange(self.seen + length - n, self.seen + length, device=self.device)
             slots = pos % self.window
-            self.swa_pos[slots] = pos
+            self.swa_pos[:, slots] = pos
             self.swa_valid[:, slots] = self.chunk_valid[:, length - n:]
         self.seen += length
         self.pos_t.fill_(self.seen)
@@ -134,7 +105,39 @@ class SambaYCache:
         self.kv_k[:, :, self.seen:self.seen + length] = k.to(self.dtype)
         self.kv_v[:, :, self.seen:self.seen + length] = v.to(self.dtype)
 
+    # --------------------------------------------------------------------- one-token decode (per-row, graph-safe)
+    def begin_decode(self) -> None:
+        """Start a one-token step: each row's position ``pos_t`` becomes a valid key of the shared KV and takes its
+        slot in the SWA rings. Device-side ops only, so the step can be captured in a CUDA graph."""
+        if self.seen + 1 > self.max_length:
+            raise ValueError(f"cache holds {self.max_length} positions; all used")
+        self.chunk_valid = None
+        self.n_keys_t.copy_(self.pos_t + 1)
+        self.kv_valid[self.rows, self.pos_t] = True
+        if self.window:
+            slot = torch.remainder(self.pos_t, self.window)
+            self.swa_pos[self.rows, slot] = self.pos_t
+            self.swa_valid[self.rows, slot] = True
+
+    def end_decode(self) -> None:
+        self.pos_t.add_(1)
+        self.seen += 1
+
+    def write_swa_decode(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
+        """k, v: [B, G, 1, d] → each row's ring slot for its current position."""
+        slot = torch.remainder(self.pos_t, self.window)
+        self.swa_k[layer][self.rows, :, slot] = k[:, :, 0].to(self.dtype)
+        self.swa_v[layer][self.rows, :, slot] = v[:, :, 0].to(self.dtype)
+
+    def write_kv_decode(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        self.kv_k[self.rows, :, self.pos_t] = k[:, :, 0].to(self.dtype)
+        self.kv_v[self.rows, :, self.pos_t] = v[:, :, 0].to(self.dtype)
+
     # ------------------------------------------------------------------------------------------ batch surgery
+    def _row_tensors(self) -> dict[str, object]:
+        return {"conv_states": self.conv_states, "ssm_states": self.ssm_states, "swa_k": self.swa_k,
+                "swa_v": self.swa_v}
+
     def select(self, index: torch.Tensor | list[int]) -> SambaYCache:
         """A new cache whose row r is this cache's row ``index[r]`` (rows may repeat: forking).
 
@@ -143,23 +146,26 @@ class SambaYCache:
         index = torch.as_tensor(index, dtype=torch.long, device=self.device)
         new = SambaYCache.__new__(SambaYCache)
         new.__dict__.update(self.__dict__)
-        new.batch_size = int(index.numel())
+        n = int(index.numel())
+        new.batch_size = n
         new.conv_states = {i: t.index_select(0, index) for i, t in self.conv_states.items()}
         new.ssm_states = {i: t.index_select(0, index) for i, t in self.ssm_states.items()}
         new.swa_k = {i: t.index_select(0, index) for i, t in self.swa_k.items()}
         new.swa_v = {i: t.index_select(0, index) for i, t in self.swa_v.items()}
-        new.swa_pos = self.swa_pos.clone()
+        new.swa_pos = self.swa_pos.index_select(0, index)
         new.swa_valid = self.swa_valid.index_select(0, index)
         new.kv_valid = self.kv_valid.index_select(0, index)
         if self.kv_k is not None:
-            shape = (new.batch_size,) + tuple(self.kv_k.shape[1:])
+            shape = (n,) + tuple(self.kv_k.shape[1:])
             new.kv_k = self.kv_k.new_zeros(shape)
             new.kv_v = self.kv_v.new_zeros(shape)
             new.kv_k[:, :, : self.seen] = self.kv_k[:, :, : self.seen].index_select(0, index)
             new.kv_v[:, :, : self.seen] = self.kv_v[:, :, : self.seen].index_select(0, index)
         new.chunk_valid = None
-        new.pos_t = self.pos_t.clone()
-        new.n_keys_t = self.n_keys_t.clone()
+        new.rows = torch.arange(n, device=self.device)
+        new.pos_t = self.pos_t.index_select(0, index)
+        new.n_keys_t = self.n_keys_t.index_select(0, index)
+        new.window_t = self.window_t.index_select(0, index)
         return new
 
     def compact(self, index: torch.Tensor | list[int]) -> None:
@@ -179,12 +185,49 @@ class SambaYCache:
         self.ssm_states = {i: shrink(t) for i, t in self.ssm_states.items()}
         self.swa_k = {i: shrink(t) for i, t in self.swa_k.items()}
         self.swa_v = {i: shrink(t) for i, t in self.swa_v.items()}
+        self.swa_pos = shrink(self.swa_pos)
         self.swa_valid = shrink(self.swa_valid)
         self.kv_valid = shrink(self.kv_valid)
         if self.kv_k is not None:
             self.kv_k = shrink(self.kv_k, self.seen)
             self.kv_v = shrink(self.kv_v, self.seen)
+        self.pos_t = shrink(self.pos_t)
+        self.n_keys_t = shrink(self.n_keys_t)
+        self.window_t = shrink(self.window_t)
+        self.rows = self.rows[:n]
         self.batch_size = n
+
+    def insert(self, dst_rows: list[int], src: SambaYCache, src_rows: list[int]) -> None:
+        """Move sequences into rows of this (decode) cache: row ``dst_rows[i]`` becomes a copy of ``src`` row
+        ``src_rows[i]`` — its recurrent states, SWA ring, shared-KV prefix and position. Continuous batching uses
+        this to put freshly prefilled prompts into rows whose sequences finished."""
+        if src.seen > self.max_length:
+            raise ValueError("the inserted sequence is longer than this cache")
+        dst = torch.as_tensor(dst_rows, dtype=torch.long, device=self.device)
+        idx = torch.as_tensor(src_rows, dtype=torch.long, device=self.device)
+        for i in self.conv_states:
+            self.conv_states[i][dst] = src.conv_states[i].index_select(0, idx)
+            self.ssm_states[i][dst] = src.ssm_states[i].index_select(0, idx)
+        for i in self.swa_k:
+            self.swa_k[i][dst] = src.swa_k[i].index_select(0, idx)
+            self.swa_v[i][dst] = src.swa_v[i].index_select(0, idx)
+        self.swa_pos[dst] = src.swa_pos.index_select(0, idx)
+        self.swa_valid[dst] = src.swa_valid.index_select(0, idx)
+        n = src.seen
+        self.kv_valid[dst] = False
+        self.kv_valid[dst, :n] = src.kv_valid[:, :n].index_select(0, idx)
+        if self.kv_k is not None:
+            self.kv_k[dst, :, :n] = src.kv_k[:, :, :n].index_select(0, idx)
+            self.kv_v[dst, :, :n] = src.kv_v[:, :, :n].index_select(0, idx)
+        self.pos_t[dst] = n
+        self.seen = max(self.seen, n)
+
+    def park(self, rows: list[int]) -> None:
+        """Mark rows free: they keep computing garbage in batched steps, so pin them at position 0."""
+        idx = torch.as_tensor(rows, dtype=torch.long, device=self.device)
+        self.pos_t[idx] = 0
+        self.kv_valid[idx] = False
+        self.swa_valid[idx] = False
 
     def nbytes(self) -> int:
         """Bytes held by the cache tensors."""

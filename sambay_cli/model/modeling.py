@@ -270,7 +270,7 @@ class Attention(nn.Module):
                 ring_k, ring_v = cache.swa_k[self.layer_idx], cache.swa_v[self.layer_idx]
                 k = torch.cat([ring_k.to(dtype), k_new], dim=2)
                 v = torch.cat([ring_v.to(dtype), v_new], dim=2)
-                k_pos = torch.cat([cache.swa_pos, positions])
+                k_pos = torch.cat([cache.swa_pos, positions.expand(cache.batch_size, -1)], dim=1)
                 k_valid = torch.cat([cache.swa_valid, cache.chunk_valid], dim=1)
                 cache.write_swa(self.layer_idx, k_new, v_new)
             else:  # full attention: the shared KV producer
