@@ -157,15 +157,17 @@ def _time_decode(model, cache, batch: int, steps: int, graphs: bool) -> float:
     return (time.perf_counter() - t0) / steps
 
 
-def bench_sambay(model, cfg, *, batches, contexts, steps, prompt_len, gen_len, graphs, copy_bw) -> dict:
+def bench_sambay(model, cfg, *, batches, contexts, steps, prompt_len, gen_len, graphs, copy_bw,
+                 prefill_lens=None) -> dict:
     device = model.device
     kv_bytes = torch.tensor([], dtype=model.dtype).element_size()
     out: dict = {"decode": [], "prefill": []}
+    prefill_lens = prefill_lens or [prompt_len]
     # prefill: chunked like the engine, last-position logits
     from .generation.engine import prefill
 
     for b in batches[:1]:
-        for plen in sorted({min(prompt_len, x) for x in (prompt_len,)}):
+        for plen in prefill_lens:
             ids = torch.randint(0, cfg.vocab_size, (b, plen)).tolist()
             prefill(model, ids, 1)  # warm-up
             _sync(device)
@@ -275,7 +277,8 @@ def bench_dense_hf(device, dtype, *, contexts, steps, batch: int = 1) -> dict:
                      "tied), transformers sdpa, eager", "rows": rows}
 
 
-def run_bench(model_path: str | None, *, config: str | None, prompt_len: int, gen_len: int, batches: list[int],
+def run_bench(model_path: str | None, *, config: str | None, prompt_len: int | list[int], gen_len: int,
+              batches: list[int],
               contexts: list[int] | None, steps: int, device: str | None, dtype: str | None, baseline: str | None,
               graphs: bool, json_out: bool) -> dict:
     from .loading import load_model, parse_device, parse_dtype
@@ -298,6 +301,8 @@ def run_bench(model_path: str | None, *, config: str | None, prompt_len: int, ge
         model = load_model(model_path, dtype=dt, device=dev)
         cfg = model.config
         source = model_path
+    prefill_lens = sorted(prompt_len) if isinstance(prompt_len, list) else [prompt_len]
+    prompt_len = max(prefill_lens)
     total = prompt_len + gen_len
     if contexts is None:
         contexts = [c for c in (2048, 4096, 8192, 16384, 32768) if c <= total] or [min(prompt_len, total)]
@@ -314,7 +319,8 @@ def run_bench(model_path: str | None, *, config: str | None, prompt_len: int, ge
 
     result["kernels"] = kernels.backends()
     result["sambay"] = bench_sambay(model, cfg, batches=batches, contexts=contexts, steps=steps,
-                                    prompt_len=prompt_len, gen_len=gen_len, graphs=graphs, copy_bw=bw)
+                                    prompt_len=prompt_len, gen_len=gen_len, graphs=graphs, copy_bw=bw,
+                                    prefill_lens=prefill_lens)
     if bw:
         mem = torch.cuda.get_device_properties(dev).total_memory
         result["dense_roofline"] = dense_roofline(bw, contexts=contexts, memory_budget=mem, total_len=total)

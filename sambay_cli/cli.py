@@ -56,7 +56,8 @@ def bench(
                                        "phi4-mini-flash with random weights)."),
     config: str | None = typer.Option(None, "--config", help="Build a shape with random weights instead: "
                                       "'phi4-mini-flash' (the official 3.8B) or a config.json path. No download."),
-    prompt_len: int = typer.Option(2048, "--prompt-len", help="Prompt length (prefill is timed at it)."),
+    prompt_len: list[str] = typer.Option(["2048"], "--prompt-len", help="Prompt length(s) prefill is timed at "
+                                         "(comma-separated or repeated); the cache is sized for the longest."),
     gen_len: int = typer.Option(32768, "--gen-len", help="Generated tokens the cache is sized for."),
     batch: list[str] = typer.Option(["1"], "--batch", help="Batch size(s): repeat or comma-separate, e.g. 1,8,16."),
     contexts: list[int] = typer.Option([], "--context", help="Context length(s) to time decode at (default: 2K, 4K, "
@@ -78,7 +79,7 @@ def bench(
 
     if baseline not in (None, "dense"):
         raise SambaYError("--baseline takes 'dense'")
-    run_bench(model, config=config, prompt_len=prompt_len, gen_len=gen_len, batches=parse_batches(batch),
+    run_bench(model, config=config, prompt_len=parse_batches(prompt_len), gen_len=gen_len, batches=parse_batches(batch),
               contexts=list(contexts) or None, steps=steps, device=device, dtype=dtype, baseline=baseline,
               graphs=not no_graphs, json_out=json_out)
 
