@@ -169,3 +169,17 @@ def test_continuous_batching_refills_freed_rows(fx):
     sampled = [generate(model, prompts, max_new_tokens=10, temperature=1.0, seed=5, num_samples=2,
                         stop_token_ids=[stop], batch_size=b).tokens for b in (2, 4, 14)]
     assert sampled[0] == sampled[1] == sampled[2]
+
+
+def test_ctrl_c_keeps_what_was_generated(fx):
+    _, model, g, _ = fx
+    seen = []
+
+    def interrupt_after_four(i, tok):
+        seen.append(tok)
+        if len(seen) == 4:
+            raise KeyboardInterrupt
+
+    out = generate(model, [g["gen_prompt"].tolist()], max_new_tokens=20, stop_token_ids=[], on_token=interrupt_after_four)
+    assert out.interrupted and out.finish_reasons == ["interrupted"]
+    assert out.tokens[0] == seen == g["gen_ids"][6:10].tolist()
