@@ -27,7 +27,7 @@ import triton.language as tl
 @triton.jit
 def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, D, stride_xb, stride_sb, stride_sd, stride_yb,
                         K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     m = offs < D
     x = tl.load(x_ptr + pid_b * stride_xb + offs, mask=m, other=0.0).to(tl.float32)
@@ -68,7 +68,7 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_p
                        stride_sb, stride_sd, stride_xb, stride_dtb, stride_bb, stride_cb, stride_zb, stride_yb,
                        N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
                        SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
     md = offs_d < D
@@ -125,7 +125,7 @@ def _scan_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0_p
                  stride_cb, stride_cn, stride_ct, stride_zb, stride_zd, stride_zt, stride_yb, stride_yd,
                  N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
                  HAS_S0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr):
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
     md = offs_d < D
@@ -204,7 +204,7 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
     """One (batch, KV group, split) program. A KV group is a KV-head pair (2g, 2g+1) for differential attention
     (query heads 2p / 2p+1 for p in [g·R, (g+1)·R)), or one KV head g (query heads g·R … (g+1)·R − 1).
     Writes un-normalised partial outputs with their running max and sum."""
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
     sp = tl.program_id(2)
     n_keys = tl.load(len_ptr + pid_b)
@@ -312,7 +312,7 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                          W: tl.constexpr):
     """Merge the split partials of one (batch, group); for differential attention also λ-combine, RMS-normalise
     over 2·HD, scale by (1 − λ_init) and write heads (2p, 2p+1)."""
-    pid_b = tl.program_id(0)
+    pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
     offs_s = tl.arange(0, SPLIT)
     offs_w = tl.arange(0, W)
