@@ -113,11 +113,12 @@ class SambaYCache:
             raise ValueError(f"cache holds {self.max_length} positions; all used")
         self.chunk_valid = None
         self.n_keys_t.copy_(self.pos_t + 1)
-        self.kv_valid[self.rows, self.pos_t] = True
+        true = torch.ones_like(self.pos_t, dtype=torch.bool)  # a device tensor: graph capture forbids host copies
+        self.kv_valid.index_put_((self.rows, self.pos_t), true)
         if self.window:
             slot = torch.remainder(self.pos_t, self.window)
-            self.swa_pos[self.rows, slot] = self.pos_t
-            self.swa_valid[self.rows, slot] = True
+            self.swa_pos.index_put_((self.rows, slot), self.pos_t)
+            self.swa_valid.index_put_((self.rows, slot), true)
 
     def end_decode(self) -> None:
         self.pos_t.add_(1)
