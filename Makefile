@@ -21,8 +21,9 @@ $(STAMP): pyproject.toml
 test: install
 	$(PY) -m pytest -q -m "not gpu"
 
+# The main job on the embedded demo model: a short arithmetic reasoning generation, on the CPU.
 run: install
-	$(VENV)/bin/sambay info tests/fixtures/phi4flash-tiny-a
+	$(VENV)/bin/sambay generate --prompt "What is 37 + 48?"
 
 lint: install
 	$(VENV)/bin/ruff check sambay_cli tests tools

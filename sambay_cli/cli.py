@@ -224,14 +224,16 @@ def convert(
 def eval_command(
     model: str | None = typer.Argument(None, help="Model directory, or a Hub id already in the local HF cache "
                                                   "(not needed with --rescore)."),
-    task: list[str] = typer.Option(["all"], "--task", "-t", help="aime24, aime25, math500, gpqa_diamond, all, or "
-                                   "any lm-eval task name (repeat the option or separate with commas)."),
+    task: list[str] = typer.Option(["all"], "--task", "-t", help="aime24, aime25, math500, gpqa_diamond, all (the "
+                                   "paper's four), arith (the demo model's embedded set, offline), or any lm-eval "
+                                   "task name (repeat the option or separate with commas)."),
     samples: int | None = typer.Option(None, "--samples", help="Samples per problem (default: the paper's, 64 for "
                                        "AIME, 8 for MATH-500 and GPQA Diamond)."),
-    temperature: float = typer.Option(0.6, "--temperature", help="Sampling temperature (0: greedy)."),
-    top_p: float = typer.Option(0.95, "--top-p", help="Nucleus sampling threshold."),
-    max_tokens: int = typer.Option(32768, "--max-tokens", help="Maximum new tokens per sample (the prompt is "
-                                   "never truncated)."),
+    temperature: float | None = typer.Option(None, "--temperature", help="Sampling temperature (0: greedy). "
+                                             "Default: the task's protocol (0.6 for the paper's tasks, 0 for arith)."),
+    top_p: float | None = typer.Option(None, "--top-p", help="Nucleus sampling threshold (default: 0.95; arith 1)."),
+    max_tokens: int | None = typer.Option(None, "--max-tokens", help="Maximum new tokens per sample (default "
+                                          "32,768; arith 256); the prompt is never truncated."),
     limit: int | None = typer.Option(None, "--limit", help="Evaluate only the first N problems of each task."),
     seed: int = typer.Option(0, "--seed", help="Seed: each sample's seed derives from (seed, task, problem, "
                              "sample); also orders the GPQA choices."),

@@ -13,6 +13,7 @@ bf16-rounded values: ``official_bf16_rounding=True`` reproduces that for bit-lev
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from dataclasses import dataclass, field
@@ -177,7 +178,7 @@ def load_model(
     weights = find_weights(directory)
     if weights is None:
         raise CheckpointError(f"{directory} has a config.json but no safetensors weights")
-    with torch.device("meta"):
+    with torch.device("meta"), _no_init():
         model = SambaYForCausalLM(config)
     expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
     state = _read_tensors(weights, expected, config, target, dev, official_bf16_rounding, progress)
@@ -268,7 +269,32 @@ def _progress(enabled: bool, total: int):
     return p, p.add_task("load", total=total)
 
 
+def configure_cpu_threads(model: SambaYForCausalLM, small: int = 100_000_000) -> None:
+    """Use one CPU thread for small models (unless OMP_NUM_THREADS says otherwise): their per-op work is tiny, and
+    intra-op threads then cost more than they save (the demo model decodes ~10× faster on one thread of a busy
+    2-core machine)."""
+    if model.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    if sum(p.numel() for p in model.parameters()) < small:
+        torch.set_num_threads(1)
+
+
 def build_empty(config: SambaYConfig, device: str = "meta") -> SambaYForCausalLM:
     """A model with the config's shapes and no data (meta device) — for inspecting names, shapes and counts."""
-    with torch.device(device):
+    with torch.device(device), _no_init():
         return SambaYForCausalLM(config)
+
+
+@contextlib.contextmanager
+def _no_init():
+    """Skip parameter initialisation while building a model whose weights will be assigned (on the meta device the
+    random init does nothing, but its first call costs seconds of torch imports)."""
+    classes = (torch.nn.Linear, torch.nn.Embedding, torch.nn.LayerNorm, torch.nn.Conv1d)
+    saved = [c.reset_parameters for c in classes]
+    try:
+        for c in classes:
+            c.reset_parameters = lambda self: None
+        yield
+    finally:
+        for c, fn in zip(classes, saved, strict=True):
+            c.reset_parameters = fn

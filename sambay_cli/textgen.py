@@ -225,7 +225,7 @@ def _read_prompt(opts: GenerateOptions) -> str:
 def _setup(opts: GenerateOptions):
     import torch
 
-    from .loading import load_model, resolve_model_path
+    from .loading import configure_cpu_threads, load_model, resolve_model_path
 
     model_dir = default_model_dir() if opts.model is None else resolve_model_path(opts.model)
     from .config import SambaYConfig
@@ -239,6 +239,7 @@ def _setup(opts: GenerateOptions):
     if sampling.max_new_tokens < 1:
         raise SambaYError("--max-tokens must be at least 1")
     model = load_model(model_dir, dtype=opts.dtype, device=opts.device)
+    configure_cpu_threads(model)
     torch.set_grad_enabled(False)
     return model_dir, model, tokenizer, sampling
 

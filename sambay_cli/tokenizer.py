@@ -33,6 +33,23 @@ _REPLACEMENT_CHAR = "\ufffd"
 
 
 # --------------------------------------------------------------------------------------------------- file helpers
+# (content, special, rstrip) as in Phi-4-mini-flash-reasoning's tokenizer_config.json, in id order.
+PHI4_ADDED_TOKENS: list[tuple[str, bool, bool]] = [
+    ("<|endoftext|>", True, False),
+    ("<|endofprompt|>", True, False),
+    ("<|assistant|>", True, True),
+    ("<|end|>", True, True),
+    ("<|user|>", True, True),
+    ("<|system|>", True, True),
+    ("<|tool|>", False, True),
+    ("<|/tool|>", False, True),
+    ("<|tool_call|>", False, True),
+    ("<|/tool_call|>", False, True),
+    ("<|tool_response|>", False, True),
+    ("<|tag|>", True, True),
+]
+PLAIN_ADDED_TOKENS = ["<think>", "</think>"]
+
 def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
     """Read a JSON object from ``path``; None when absent and not required. One-line SambaYError otherwise."""
     if not path.is_file():

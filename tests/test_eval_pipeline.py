@@ -94,7 +94,7 @@ def test_end_to_end_and_resume(tmp_path: Path) -> None:
         assert m["maj@k"] == pytest.approx(lm["maj_at_k,all"])
         assert m["k"] == 4 and m["num_problems"] == 2
     assert results["published_phi4_mini_flash_reasoning"]["aime24"] == 52.29
-    assert results["config"]["temperature"] == 0.6 and results["versions"]["lm-eval"] == "0.4.13"
+    assert results["config"]["sampling"]["aime24"]["temperature"] == 0.6 and results["versions"]["lm-eval"] == "0.4.13"
     assert first["metrics"] == results["metrics"]
 
     # a rerun of the same command generates nothing and gives the same results

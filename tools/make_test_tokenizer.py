@@ -25,6 +25,8 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
+from sambay_cli.tokenizer import PHI4_ADDED_TOKENS, PLAIN_ADDED_TOKENS  # noqa: E402
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "tokenizer-tiny"
 HUB_METADATA = REPO_ROOT / "tests" / "fixtures" / "phi4flash-hub-metadata"
@@ -32,22 +34,6 @@ HUB_METADATA = REPO_ROOT / "tests" / "fixtures" / "phi4flash-hub-metadata"
 TOTAL_IDS = 512
 EOS_TOKEN = "<|endoftext|>"
 
-# (content, special, rstrip) exactly as in Phi-4-mini-flash-reasoning's tokenizer_config.json, in id order.
-PHI4_ADDED_TOKENS: list[tuple[str, bool, bool]] = [
-    ("<|endoftext|>", True, False),
-    ("<|endofprompt|>", True, False),
-    ("<|assistant|>", True, True),
-    ("<|end|>", True, True),
-    ("<|user|>", True, True),
-    ("<|system|>", True, True),
-    ("<|tool|>", False, True),
-    ("<|/tool|>", False, True),
-    ("<|tool_call|>", False, True),
-    ("<|/tool_call|>", False, True),
-    ("<|tool_response|>", False, True),
-    ("<|tag|>", True, True),
-]
-PLAIN_ADDED_TOKENS = ["<think>", "</think>"]
 
 # The public o200k pre-tokenization pattern (what the real tokenizer.json splits on before byte-level BPE).
 O200K_PATTERN = "|".join(

@@ -51,6 +51,9 @@ def normalise_record(task: str, row: dict[str, Any], position: int, source: str)
             f"(fields: {', '.join(sorted(row)) or 'none'}); see docs/eval.md for the record schema"
         )
     record: dict[str, Any] = {"id": str(record_id if record_id is not None else position), "answer": str(answer).strip()}
+    group_field = TASKS[task].group_field
+    if group_field and row.get(group_field) is not None:
+        record[group_field] = str(row[group_field])
     if kind == "math":
         record["problem"] = str(text).strip()
         return record
@@ -213,10 +216,15 @@ def load_task_docs(task: str, *, data_dir: str | None, seed: int) -> tuple[list[
 
 
 def _load_task_docs(task: str, *, data_dir: str | None, seed: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    bundled = TASKS[task].bundled
     if data_dir:
         records = load_local_records(Path(data_dir), task)
         files = find_task_files(Path(data_dir), task)
         info: dict[str, Any] = {"source": [str(p) for p in files]}
+    elif bundled:
+        path = Path(__file__).resolve().parent.parent / bundled
+        records = [normalise_record(task, row, i, str(path)) for i, row in enumerate(_read_rows(path))]
+        info = {"source": [f"sambay_cli/{bundled} (bundled)"]}
     else:
         records, info = load_hub_records(task)
     docs = prepare_docs(task, records, seed=seed)

@@ -254,6 +254,7 @@ class SambayLM(TemplateLM):
                             think_opened_in_prompt=prompt_opens_think(job.context))
             record.update(
                 id=job.doc.get("id"),
+                group=job.doc.get(TASKS[job.task].group_field) if TASKS[job.task].group_field else None,
                 extracted=verdict.extracted,
                 target=target,
                 correct=verdict.correct,

@@ -40,7 +40,11 @@ def print_report(results: dict[str, Any], output: Path, *, json_out: bool) -> No
         table.add_column(column, justify="left" if column == "task" else "right")
     if published:
         table.add_column("paper (Phi-4-mini-flash)", justify="right")
+    rows = []
     for task, m in sorted((results.get("metrics") or {}).items()):
+        rows.append((task, m))
+        rows.extend((f"{task} ({group})", gm) for group, gm in (m.get("by_group") or {}).items())
+    for task, m in rows:
         row = [
             task,
             str(m.get("k", "-")),

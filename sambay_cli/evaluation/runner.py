@@ -51,9 +51,9 @@ class EvalOptions:
     model: str | None
     tasks: list[str]
     samples: int | None = None  # per problem; None: the task's protocol (64 AIME, 8 MATH-500/GPQA)
-    temperature: float = DEFAULT_TEMPERATURE
-    top_p: float = DEFAULT_TOP_P
-    max_tokens: int = DEFAULT_MAX_TOKENS
+    temperature: float | None = None  # None: the task's protocol (0.6 for the paper's tasks, greedy for arith)
+    top_p: float | None = None
+    max_tokens: int | None = None
     limit: int | None = None
     seed: int = 0
     batch_size: int | None = None
@@ -73,6 +73,18 @@ def samples_for(task: str, options: EvalOptions) -> int:
     return options.samples if options.samples is not None else TASKS[task].default_samples
 
 
+def sampling_for(task: str, options: EvalOptions) -> dict[str, Any]:
+    """Temperature, top-p and max tokens of one task: the options where given, else the task's protocol."""
+    spec = TASKS.get(task)
+    return {
+        "temperature": options.temperature if options.temperature is not None else
+        (spec.temperature if spec else DEFAULT_TEMPERATURE),
+        "top_p": options.top_p if options.top_p is not None else (spec.top_p if spec else DEFAULT_TOP_P),
+        "max_tokens": options.max_tokens if options.max_tokens is not None else
+        (spec.max_tokens if spec else DEFAULT_MAX_TOKENS),
+    }
+
+
 def run_config(options: EvalOptions, ours: list[str], passthrough: list[str], model_info: dict[str, Any],
                datasets: dict[str, Any]) -> dict[str, Any]:
     """Everything that determines the samples (not batch size, device or number of GPUs)."""
@@ -82,6 +94,7 @@ def run_config(options: EvalOptions, ours: list[str], passthrough: list[str], mo
         "dtype": options.dtype,
         "tasks": ours + passthrough,
         "samples_per_problem": {t: samples_for(t, options) for t in ours},
+        "sampling": {t: sampling_for(t, options) for t in ours},
         "temperature": options.temperature,
         "top_p": options.top_p,
         "max_tokens": options.max_tokens,
@@ -138,15 +151,22 @@ def score_record(record: dict[str, Any]) -> dict[str, Any]:
 
 def task_metrics(records: list[dict[str, Any]], samples_per_problem: dict[str, int] | None = None) -> dict[str, Any]:
     by_task: dict[str, list[SampleOutcome]] = {}
+    by_group: dict[str, dict[str, list[SampleOutcome]]] = {}
     for r in sorted(records, key=lambda r: (str(r["task"]), int(r["doc_id"]), int(r.get("sample", 0)))):
         task = canonical_task(str(r["task"]))
         if task is None or r.get("correct") is None:
             continue
-        by_task.setdefault(task, []).append(
-            SampleOutcome(doc_id=int(r["doc_id"]), sample=int(r.get("sample", 0)), correct=bool(r["correct"]),
-                          extracted=r.get("extracted"), truncated=bool(r.get("truncated")), tokens=r.get("tokens"))
-        )
-    return {t: aggregate(v, (samples_per_problem or {}).get(t)) for t, v in by_task.items()}
+        outcome = SampleOutcome(doc_id=int(r["doc_id"]), sample=int(r.get("sample", 0)), correct=bool(r["correct"]),
+                                extracted=r.get("extracted"), truncated=bool(r.get("truncated")),
+                                tokens=r.get("tokens"))
+        by_task.setdefault(task, []).append(outcome)
+        if r.get("group") is not None:  # e.g. arith: phrasings seen / unseen in training
+            by_group.setdefault(task, {}).setdefault(str(r["group"]), []).append(outcome)
+    spp = samples_per_problem or {}
+    metrics = {t: aggregate(v, spp.get(t)) for t, v in by_task.items()}
+    for t, groups in by_group.items():
+        metrics[t]["by_group"] = {g: aggregate(v, spp.get(t)) for g, v in sorted(groups.items())}
+    return metrics
 
 
 def versions() -> dict[str, Any]:
@@ -211,8 +231,7 @@ def run_lm_eval(lm: Any, options: EvalOptions, ours: list[str], passthrough: lis
         for name in ours:
             task = task_dict["tasks"][TASKS[name].lm_eval_name]
             task.set_config("repeats", samples_for(name, options))
-            task.set_config("generation_kwargs", generation_kwargs(
-                temperature=options.temperature, top_p=options.top_p, max_tokens=options.max_tokens))
+            task.set_config("generation_kwargs", generation_kwargs(**sampling_for(name, options)))
         _merge(merged, _evaluate(lm, task_dict, limit=options.limit, chat=True))
     if passthrough:
         task_dict = _load_lm_eval_tasks(passthrough, include_ours=False, metadata={})
@@ -236,7 +255,9 @@ def run_eval(options: EvalOptions, *, runtime_factory: Callable[[], Any] | None 
             raise SambaYError(f"torchrun exited with code {code}")
         return {}
     if not options.model and runtime_factory is None:
-        raise SambaYError("give the model directory (or Hub id in the local cache) to evaluate")
+        from ..textgen import default_model_dir
+
+        options.model = str(default_model_dir())  # the embedded demo model
     _quiet_lm_eval(verbose=False)
     distributed.init_if_needed(options.device)
     rank, world = distributed.rank_and_world()

@@ -61,11 +61,18 @@ def load_runtime(
     device: str | None = None,
 ) -> Runtime:
     """Load model + tokenizer and wrap the project's engine."""
-    from ..loading import load_model
+    from ..loading import configure_cpu_threads, load_model
 
     directory = resolve_model(name_or_path)
     info = describe_model(directory)
     tokenizer = load_tokenizer(Path(tokenizer_dir) if tokenizer_dir else directory)
     model = load_model(directory, dtype=dtype, device=device)
-    stop_ids = list(dict.fromkeys([*info["eos_token_ids"], *([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [])]))
+    from ..generation import model_eos_ids
+
+    # generation_config.json's EOS ids (Phi-4: <|end|>, <|endoftext|>) first, then config.json's and the tokenizer's
+    eos = [*model_eos_ids(model), *info["eos_token_ids"]]
+    if tokenizer.eos_token_id is not None:
+        eos.append(tokenizer.eos_token_id)
+    stop_ids = list(dict.fromkeys(eos))
+    configure_cpu_threads(model)
     return Runtime(backend=EngineBackend(model, tokenizer, stop_ids), tokenizer=tokenizer, model=model, info=info)

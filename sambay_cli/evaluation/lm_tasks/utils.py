@@ -36,6 +36,10 @@ def load_gpqa_diamond(**metadata: Any) -> dict[str, Any]:
     return _dataset("gpqa_diamond", **metadata)
 
 
+def load_arith(**metadata: Any) -> dict[str, Any]:
+    return _dataset("arith", **metadata)
+
+
 def keep_all(resps: Any, docs: Any) -> list:
     """Filter that keeps every one of the k samples (lm-eval's default keeps only the first)."""
     return [list(r) for r in resps]
