@@ -37,7 +37,8 @@ def _root(
 # ---------------------------------------------------------------------------------------------------------- info
 @app.command()
 def info(
-    path: Path = typer.Argument(..., help="Model directory (config.json, optionally safetensors weights)."),
+    path: Path | None = typer.Argument(None, help="Model directory (config.json, optionally safetensors weights), "
+                                       "or a Hub id in the local cache. Default: the embedded demo model."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object instead of tables."),
 ) -> None:
     """Inspect a checkpoint: config summary, layer map, parameter counts, dtypes, file sizes.
@@ -46,6 +47,10 @@ def info(
     """
     from .info import run_info
 
+    if path is None:
+        from .textgen import default_model_dir
+
+        path = default_model_dir()
     run_info(path, json_out=json_out)
 
 
@@ -270,6 +275,65 @@ def eval_command(
                     force=force, json_out=json_out, gpus=gpus),
         argv=sys.argv[1:],
     )
+
+
+# ------------------------------------------------------------------------------------------------------ quantize
+@app.command()
+def quantize(
+    src: str | None = typer.Argument(None, help="Original model directory (or cached Hub id)."),
+    out: str | None = typer.Argument(None, help="Output directory for the quantized model (with --compare: an "
+                                     "existing quantized model)."),
+    method: str | None = typer.Option(None, "--method", "-m", help="int8 (per-channel), int4 (group-wise), nf4, "
+                                      "fp4 (bitsandbytes 4-bit, blocksize 64) or bnb-int8 (LLM.int8)."),
+    group_size: int = typer.Option(128, "--group-size", help="int4 group size along the input dimension (power of "
+                                   "two); tensors it does not divide fall back to the largest power of two that does."),
+    symmetric: bool = typer.Option(False, "--symmetric", help="int4: symmetric (no zero points) instead of "
+                                   "asymmetric."),
+    strict_group: bool = typer.Option(False, "--strict-group", help="int4: fail instead of falling back to a smaller "
+                                      "group."),
+    skip: list[str] = typer.Option([], "--skip", help="Keep modules matching this glob in high precision "
+                                   "(repeatable), e.g. 'model.layers.16.*'."),
+    include: list[str] = typer.Option([], "--include", help="Also quantize modules matching this glob "
+                                      "(repeatable), e.g. '*.x_proj'."),
+    quantize_embeddings: bool = typer.Option(False, "--quantize-embeddings", help="Also quantize the embedding / "
+                                             "tied lm_head (int8/int4 only)."),
+    nested: bool = typer.Option(False, "--double-quant", help="nf4/fp4: nested (double) quantization of the "
+                                "absmax statistics."),
+    clip_search: bool = typer.Option(False, "--clip-search/--no-clip-search", help="int4: shrink each group's "
+                                     "range to minimise its squared weight error (off by default: on the demo "
+                                     "model it lowered weight error but raised KL; see docs)."),
+    calibrate: bool = typer.Option(False, "--calibrate", help="int4/int8: GPTQ error-compensating rounding, "
+                                   "calibrated on --calib-text or a built-in sample (loads the model; not streaming). "
+                                   "With --report, round-to-nearest is reported too."),
+    calib_tokens: int = typer.Option(4096, "--calib-tokens", help="Tokens of calibration text for --calibrate."),
+    calib_text: str | None = typer.Option(None, "--calib-text", help="Calibration text file for --calibrate "
+                                          "(default: a built-in sample disjoint from the report's)."),
+    max_shard_size: str = typer.Option("4GB", "--max-shard-size", help="Largest output shard, e.g. 4GB."),
+    force: bool = typer.Option(False, "--force", help="Replace OUT if it exists."),
+    report: bool = typer.Option(False, "--report", help="After quantizing, compare with the original (KL, top-1 "
+                                "agreement, perplexity, per-layer weight error)."),
+    compare_only: bool = typer.Option(False, "--compare", help="Only compare SRC with the already quantized OUT."),
+    text: str | None = typer.Option(None, "--text", help="Text file for the report's sample (default: built-in)."),
+    task: str | None = typer.Option(None, "--task", help="Report task accuracy too: 'arith' (demo arithmetic, "
+                                    "greedy)."),
+    task_limit: int = typer.Option(150, "--task-limit", help="Problems used by --task."),
+    sample_tokens: int = typer.Option(2048, "--sample-tokens", help="Tokens of the text sample the report uses."),
+    device: str | None = typer.Option(None, "--device", help="Device for the report (default: cuda when available)."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object (no progress bars)."),
+) -> None:
+    """Weight-only quantization of a checkpoint (streaming, atomic), and its quality report.
+
+    Quantized by default: the linear layers of the MLPs, attention, GMUs and Mamba in/out projections. Kept in high
+    precision: embeddings/lm_head, norms, A_log, D, conv1d, x_proj, dt_proj, λ and subln. The result loads
+    everywhere a model is accepted (generate, eval, bench, info) with the weights kept packed.
+    """
+    from .quant.command import run_quantize
+
+    run_quantize(src, out, method=method, group_size=group_size, symmetric=symmetric, strict_group=strict_group,
+                 skip=skip, include=include, quantize_embeddings=quantize_embeddings, nested=nested,
+                 clip_search=clip_search, calibrate=calibrate, calib_tokens=calib_tokens, calib_text=calib_text,
+                 max_shard_size=max_shard_size, force=force, report=report, compare_only=compare_only, text=text,
+                 task=task, task_limit=task_limit, sample_tokens=sample_tokens, device=device, json_out=json_out)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -73,6 +73,7 @@ def collect_info(path: str | Path) -> dict:
             "bf16": 2 * config.num_key_value_heads * config.head_dim * 2,
         },
         "weights": None,
+        "quantization": _quantization_info(config),
     }
     weights = find_weights(directory, require_shards=False)
     if weights is not None:
@@ -100,6 +101,16 @@ def collect_info(path: str | Path) -> dict:
             "missing_shards": weights.missing_shards,
         }
     return info
+
+
+def _quantization_info(config: SambaYConfig) -> dict | None:
+    """`sambay quantize` / bitsandbytes: the method in words and the quantization_config (see docs/quantize.md)."""
+    qcfg = config.raw.get("quantization_config")
+    if not isinstance(qcfg, dict):
+        return None
+    from .quant.loader import describe
+
+    return {"method": describe(qcfg), "config": qcfg}
 
 
 def run_info(path: Path, *, json_out: bool) -> None:
@@ -145,6 +156,8 @@ def _print_tables(info: dict) -> None:
     head.add_row("parameters", f"{_fmt(info['parameters']['total'])} "
                                f"(non-embedding {_fmt(info['parameters']['non_embedding'])})")
     head.add_row("shared KV per token (bf16)", _bytes(info["kv_cache_bytes_per_token"]["bf16"]))
+    if info.get("quantization"):  # sambay quantize
+        head.add_row("quantization (weight-only)", info["quantization"]["method"])
     console.print(head)
 
     lt = Table(title="Layer map")

@@ -175,6 +175,12 @@ def load_model(
     dev = parse_device(device)
     target = parse_dtype(dtype, dev)
     config = SambaYConfig.from_file(directory)
+    # --- quantized checkpoints (`sambay quantize`, bitsandbytes): delegated to sambay_cli.quant.loader ---------
+    if config.raw.get("quantization_config"):
+        from .quant.loader import load_quantized_model
+
+        return load_quantized_model(directory, config, dtype=target, device=dev, progress=progress)
+    # -------------------------------------------------------------------------------------------------------------
     weights = find_weights(directory)
     if weights is None:
         raise CheckpointError(f"{directory} has a config.json but no safetensors weights")

@@ -21,7 +21,8 @@ import torch
 from ..errors import SambaYError
 
 SAFETENSORS_DTYPES = {torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
-                      torch.int64: "I64", torch.int32: "I32"}
+                      torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8",
+                      torch.uint8: "U8", torch.bool: "BOOL"}
 
 
 def free_bytes(path: Path) -> int:
@@ -134,7 +135,7 @@ def _write_one(path: Path, shard: Sequence[TensorSpec], on_bytes: Callable[[int]
 
 
 def _write_tensor(f, t: torch.Tensor) -> None:
-    t = t.contiguous()
+    t = t.detach().contiguous().cpu()
     if t.numel() == 0:
         return
     flat = t.reshape(-1).view(torch.uint8) if t.dtype != torch.uint8 else t.reshape(-1)

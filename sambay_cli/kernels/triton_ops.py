@@ -364,7 +364,8 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
 
 
 def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
-                          splits: int | None = None, block_s: int = 64):
+                          splits: int | None = None, block_s: int = 32, num_warps: int | None = None,
+                          keys_per_split: int = 512):
     """Decode attention for one query per sequence.
 
     q: [B, H, d]; k, v: [B, G, S_max, d] (a cache; only the first ``n_keys`` positions are read); valid: [B, S_max]
@@ -379,7 +380,9 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     r = (h // 2) // (g // 2) if diff else h // g
     assert d == triton.next_power_of_2(d) and r == triton.next_power_of_2(r), "head_dim and H/G must be powers of 2"
     if splits is None:
-        splits = max(1, min(64, triton.next_power_of_2(math.ceil(s_max / 512))))
+        splits = max(1, min(64, triton.next_power_of_2(math.ceil(s_max / keys_per_split))))
+    if num_warps is None:  # tuned on H100 (tools/bench_attention_decode.py): 4 warps for few rows, 2 for many
+        num_warps = 4 if bsz <= 4 else 2
     width = 2 * d if diff else d
     groups = g // 2 if diff else g
     o = torch.empty(bsz, h, splits, width, device=q.device, dtype=torch.float32)
@@ -391,7 +394,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         q, k, v, valid, n_keys, o, m, lsum,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         valid.stride(0), o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
-        s_max, scale, R=r, HD=d, DIFF=diff, SPLIT=splits, BLOCK_S=block_s,
+        s_max, scale, R=r, HD=d, DIFF=diff, SPLIT=splits, BLOCK_S=block_s, num_warps=num_warps,
     )
     if diff:
         out = torch.empty(bsz, h // 2, 2 * d, device=q.device, dtype=torch.float32)

@@ -1,0 +1,230 @@
+"""Linear layers whose weights stay packed in memory.
+
+Each :class:`QuantLinear` holds its packed tensors as frozen parameters (so ``model.parameters()`` — and therefore
+``sambay bench``'s bytes-per-step — counts the packed bytes). ``forward`` goes through the kernel seam
+(:mod:`sambay_cli.kernels`) under the op names ``w8a16_linear``, ``w4a16_linear``, ``bnb4_linear`` and
+``bnb8_linear``: the torch implementation dequantizes one layer into the activation dtype and calls ``F.linear``
+(the working set is that one layer), the Triton implementations (CUDA) fuse dequantization into the matmul, and
+bitsandbytes serves its own formats on CUDA when installed.
+
+``.weight`` returns the dequantized weight (a temporary) for code that reads weights directly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import kernels
+from . import formats
+
+OWN_FORMATS = ("int8", "int4")
+BNB_FORMATS = ("nf4", "fp4", "bnb-int8")
+FORMATS = OWN_FORMATS + BNB_FORMATS
+
+
+def _frozen(t: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t, requires_grad=False)
+
+
+class QuantLinear(nn.Module):
+    """A weight-only quantized linear layer (y = x Wᵀ + b with W dequantized on the fly).
+
+    ``tensors`` holds the packed tensors by parameter name: int8 → qweight, scales; int4 → qweight, scales[, zeros];
+    nf4/fp4 → qweight, absmax, quant_map[, nested_absmax, nested_quant_map]; bnb-int8 → qweight, SCB.
+    """
+
+    def __init__(self, fmt: str, in_features: int, out_features: int, tensors: dict[str, torch.Tensor],
+                 bias: torch.Tensor | None, compute_dtype: torch.dtype, *, group_size: int | None = None,
+                 bnb_state: dict | None = None) -> None:
+        super().__init__()
+        if fmt not in FORMATS:
+            raise ValueError(f"unknown quantized format {fmt!r}")
+        self.fmt = fmt
+        self.in_features = in_features
+        self.out_features = out_features
+        self.group_size = group_size
+        self.compute_dtype = compute_dtype
+        self.bnb_state = dict(bnb_state or {})
+        for name, t in tensors.items():
+            self.register_parameter(name, _frozen(t))
+        self.bias = _frozen(bias) if bias is not None else None
+        self._bnb_quant_state = None  # built lazily for bitsandbytes' own CUDA matmul
+
+    def extra_repr(self) -> str:
+        extra = f", group_size={self.group_size}" if self.group_size else ""
+        return f"{self.fmt}, in_features={self.in_features}, out_features={self.out_features}{extra}"
+
+    @property
+    def zeros_or_none(self) -> torch.Tensor | None:
+        return self._parameters.get("zeros")
+
+    def packed_bytes(self) -> int:
+        return sum(p.numel() * p.element_size() for name, p in self.named_parameters() if name != "bias")
+
+    def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """The [out, in] weight this layer computes with, in ``dtype`` (default: the compute dtype)."""
+        dtype = dtype or self.compute_dtype
+        if self.fmt == "int8":
+            return formats.dequantize_int8(self.qweight, self.scales, dtype)
+        if self.fmt == "int4":
+            return formats.dequantize_int4_codes(formats.unpack_int4(self.qweight), self.scales, self.zeros_or_none,
+                                                 self.group_size, dtype)
+        if self.fmt == "bnb-int8":
+            return formats.dequantize_bnb_int8(self.qweight, self.SCB, dtype)
+        nested = None
+        if "nested_absmax" in self._parameters:
+            nested = {"absmax": self.nested_absmax, "quant_map": self.nested_quant_map,
+                      "blocksize": self.bnb_state["nested_blocksize"], "offset": self.bnb_state["nested_offset"]}
+        return formats.dequantize_bnb4(self.qweight, self.absmax, self.quant_map, self.bnb_state["blocksize"],
+                                       (self.out_features, self.in_features), dtype, nested)
+
+    def dequantize_rows(self, start: int, stop: int, dtype: torch.dtype) -> torch.Tensor:
+        """Rows [start, stop) of the dequantized weight (int8, int4 and LLM.int8 formats)."""
+        if self.fmt == "int8":
+            return formats.dequantize_int8(self.qweight[start:stop], self.scales[start:stop], dtype)
+        if self.fmt == "bnb-int8":
+            return formats.dequantize_bnb_int8(self.qweight[start:stop], self.SCB[start:stop], dtype)
+        zeros = self.zeros_or_none
+        codes = formats.unpack_int4(self.qweight[start:stop])
+        g = self.group_size
+        w = codes.to(dtype).view(stop - start, -1, g)
+        w.sub_(zeros[start:stop, :, None].to(dtype) if zeros is not None else 8.0)
+        w.mul_(self.scales[start:stop, :, None].to(dtype))
+        return w.view(stop - start, -1)
+
+    @property
+    def weight(self) -> torch.Tensor:  # compatibility for code that reads .weight (a temporary, dequantized)
+        return self.dequantize()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        op = OP_OF_FORMAT[self.fmt]
+        return kernels.resolve(op, x).fn(x, self)
+
+
+OP_OF_FORMAT = {"int8": "w8a16_linear", "int4": "w4a16_linear", "nf4": "bnb4_linear", "fp4": "bnb4_linear",
+                "bnb-int8": "bnb8_linear"}
+
+
+# ------------------------------------------------------------------------------------------- implementations
+
+
+CHUNK_ELEMENTS = 1 << 20  # dequantize big layers in row blocks of about this many weights (cache-sized)
+
+
+def dequant_linear(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+    """Reference / CPU path: dequantize into the activation dtype, then F.linear. Big layers go in row blocks, so the
+    dequantized working set stays about CHUNK_ELEMENTS weights instead of the whole layer."""
+    bias = layer.bias.to(x.dtype) if layer.bias is not None else None
+    rows = max(1, CHUNK_ELEMENTS // layer.in_features)
+    if layer.fmt not in ("int8", "int4", "bnb-int8") or layer.out_features <= rows:
+        return F.linear(x, layer.dequantize(x.dtype), bias)
+    out = torch.empty(*x.shape[:-1], layer.out_features, dtype=x.dtype, device=x.device)
+    for start in range(0, layer.out_features, rows):
+        stop = min(start + rows, layer.out_features)
+        out[..., start:stop] = F.linear(x, layer.dequantize_rows(start, stop, x.dtype),
+                                        bias[start:stop] if bias is not None else None)
+    return out
+
+
+def _cpu_int8pack_available(x: torch.Tensor, *_args) -> bool:
+    return x.device.type == "cpu" and hasattr(torch, "_weight_int8pack_mm") and x.dtype in (
+        torch.float32, torch.bfloat16, torch.float16)
+
+
+def cpu_int8pack(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+    """torch's own CPU int8 weight-only matmul (no dequantized copy of the weight)."""
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    y = torch._weight_int8pack_mm(x2, layer.qweight, layer.scales.to(x.dtype))
+    if layer.bias is not None:
+        y = y + layer.bias.to(x.dtype)
+    return y.reshape(*x.shape[:-1], layer.out_features)
+
+
+def _triton_available(x: torch.Tensor, *_args) -> bool:
+    return x.is_cuda and _triton_quant() is not None
+
+
+_STATE: dict[str, object] = {}
+
+
+def _triton_quant():
+    if "triton" not in _STATE:
+        try:
+            from . import triton_kernels
+
+            _STATE["triton"] = triton_kernels
+        except Exception as e:  # pragma: no cover - depends on the machine
+            _STATE["triton"] = None
+            _STATE["triton_error"] = repr(e)
+    return _STATE["triton"]
+
+
+def triton_w8a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+    return _triton_quant().w8a16_linear(x, layer.qweight, layer.scales, layer.bias)
+
+
+def triton_w4a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+    return _triton_quant().w4a16_linear(x, layer.qweight, layer.scales, layer.zeros_or_none, layer.group_size,
+                                        layer.bias)
+
+
+def _bnb_cuda_available(x: torch.Tensor, *_args) -> bool:
+    if not x.is_cuda:
+        return False
+    if "bnb" not in _STATE:
+        try:
+            import bitsandbytes
+
+            _STATE["bnb"] = bitsandbytes
+        except Exception:  # pragma: no cover - depends on the machine
+            _STATE["bnb"] = None
+    return _STATE["bnb"] is not None
+
+
+def bnb4_linear(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # pragma: no cover - CUDA only
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as bnb_f
+
+    if layer._bnb_quant_state is None:
+        state2, offset = None, None
+        if "nested_absmax" in layer._parameters:
+            offset = torch.tensor(float(layer.bnb_state["nested_offset"]), device=x.device)
+            state2 = bnb_f.QuantState(absmax=layer.nested_absmax, blocksize=layer.bnb_state["nested_blocksize"],
+                                      code=layer.nested_quant_map, dtype=torch.float32)
+        layer._bnb_quant_state = bnb_f.QuantState(
+            absmax=layer.absmax, shape=torch.Size((layer.out_features, layer.in_features)), code=layer.quant_map,
+            blocksize=layer.bnb_state["blocksize"], quant_type=layer.fmt,
+            dtype=getattr(torch, layer.bnb_state.get("dtype", "bfloat16")), offset=offset, state2=state2)
+    bias = layer.bias.to(x.dtype) if layer.bias is not None else None
+    return bnb.matmul_4bit(x, layer.qweight.t(), bias=bias, quant_state=layer._bnb_quant_state)
+
+
+def bnb8_linear(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # pragma: no cover - CUDA only
+    """LLM.int8 as Linear8bitLt runs it (outlier threshold 6.0, as transformers' default config says)."""
+    import bitsandbytes as bnb
+
+    if layer._bnb_quant_state is None:
+        state = bnb.MatmulLtState()
+        state.threshold = 6.0
+        state.has_fp16_weights = False
+        state.is_training = False
+        state.CB = layer.qweight
+        state.SCB = layer.SCB
+        layer._bnb_quant_state = state
+    bias = layer.bias.to(x.dtype) if layer.bias is not None else None
+    return bnb.matmul(x, layer.qweight, bias=bias, state=layer._bnb_quant_state)
+
+
+def _always(*_args) -> bool:
+    return True
+
+
+for _op in ("w8a16_linear", "w4a16_linear", "bnb4_linear", "bnb8_linear"):
+    kernels.register(_op, "torch", dequant_linear, _always, first=False)
+kernels.register("w8a16_linear", "cpu-int8pack", cpu_int8pack, _cpu_int8pack_available)
+kernels.register("w8a16_linear", "triton", triton_w8a16, _triton_available)
+kernels.register("w4a16_linear", "triton", triton_w4a16, _triton_available)
+kernels.register("bnb4_linear", "bitsandbytes", bnb4_linear, _bnb_cuda_available)
+kernels.register("bnb8_linear", "bitsandbytes", bnb8_linear, _bnb_cuda_available)
