@@ -31,7 +31,7 @@ lint: install
 # GPU machine: use its own python3 and torch, no network, no dependency resolution.
 test-gpu:
 	$(PYTHON) -m pip install -q --no-deps --no-build-isolation --no-index -e . || true
-	PYTHONPATH=$(CURDIR) $(PYTHON) -m pytest -q -m gpu $$(grep -l "mark.gpu" tests/test_*.py)
+	PYTHONPATH=$(CURDIR):$$PYTHONPATH $(PYTHON) -m pytest -q -m gpu $$(grep -l "mark.gpu" tests/test_*.py)
 
 clean:
 	rm -rf $(VENV) build *.egg-info
