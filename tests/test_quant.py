@@ -305,3 +305,23 @@ def test_cpu_int8pack_path_matches_dequant(dtype):
     assert out.shape == (2, 5, 48) and out.dtype == dtype
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     assert ((out.float() - ref).norm() / ref.norm()).item() < tol
+
+
+def test_chunked_prefill_of_a_quantized_model_matches_one_shot(tmp_path):
+    """Prefill chunks that skip the cross-decoder project only K/V of layer N/2+1; a quantized Wqkv must work too."""
+    import torch
+
+    from sambay_cli import load_model
+    from sambay_cli.cli import main
+    from sambay_cli.generation import prefill
+
+    out = tmp_path / "q8"
+    try:
+        main(["quantize", "tests/fixtures/phi4flash-tiny-a", str(out), "--method", "int8"])
+    except SystemExit as e:
+        assert e.code in (0, None)
+    model = load_model(out, dtype="float32")
+    prompt = list(range(1, 30))
+    _, one = prefill(model, [prompt], 2, chunk=64)
+    _, chunked = prefill(model, [prompt], 2, chunk=5)
+    assert torch.allclose(one, chunked, atol=1e-4, rtol=1e-4)

@@ -444,9 +444,12 @@ class SambaYForCausalLM(nn.Module):
     @staticmethod
     def _write_shared_kv(attn: Attention, x: torch.Tensor, cache: SambaYCache) -> None:
         q_size, kv_size = attn.num_heads * attn.head_dim, attn.num_kv_heads * attn.head_dim
-        w = attn.Wqkv.weight[q_size:]
-        b = attn.Wqkv.bias[q_size:] if attn.Wqkv.bias is not None else None
-        kv = F.linear(x, w, b)
+        if isinstance(attn.Wqkv, nn.Linear):  # project K and V only
+            w = attn.Wqkv.weight[q_size:]
+            b = attn.Wqkv.bias[q_size:] if attn.Wqkv.bias is not None else None
+            kv = F.linear(x, w, b)
+        else:  # a quantized projection: run it whole and keep K, V
+            kv = attn.Wqkv(x)[..., q_size:]
         k = attn._heads(kv[..., :kv_size], attn.num_kv_heads)
         v = attn._heads(kv[..., kv_size:], attn.num_kv_heads)
         cache.write_kv(k, v)

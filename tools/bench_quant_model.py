@@ -1,0 +1,80 @@
+#!/usr/bin/env python3
+"""Whole-model decode speed of weight-only quantized SambaY on a GPU, without a checkpoint on disk.
+
+Builds the official 3.8B shape with random weights, quantizes the default selection of linear layers in memory with
+the same functions `sambay quantize` uses (int8 per row, int4 group 128), and times batch-1 decode at the given
+contexts with `sambay bench`'s method (caches filled synthetically, CUDA-graph decode steps), bf16 in the same run.
+
+    python tools/bench_quant_model.py --methods bf16 int8 int4 --contexts 2048 32768
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from sambay_cli.bench import bench_sambay, copy_bandwidth, random_model  # noqa: E402
+from sambay_cli.config import official_config  # noqa: E402
+from sambay_cli.quant import formats  # noqa: E402
+from sambay_cli.quant.modules import QuantLinear  # noqa: E402
+from sambay_cli.quant.policy import select_modules  # noqa: E402
+
+
+def quantize_in_memory(model, method: str) -> None:
+    selection = select_modules(model)
+    names = getattr(selection, "modules", selection)
+    for name in sorted(names):
+        lin = model.get_submodule(name)
+        if not isinstance(lin, torch.nn.Linear):
+            continue
+        w = lin.weight.data
+        if method == "int8":
+            q = formats.quantize_int8(w)
+            layer = QuantLinear("int8", lin.in_features, lin.out_features, {"qweight": q.qweight, "scales": q.scales},
+                                lin.bias, w.dtype)
+        else:
+            q = formats.quantize_int4(w, 128)
+            tensors = {"qweight": q.qweight, "scales": q.scales}
+            if q.zeros is not None:
+                tensors["zeros"] = q.zeros
+            layer = QuantLinear("int4", lin.in_features, lin.out_features, tensors, lin.bias, w.dtype,
+                                group_size=q.group_size)
+        parent, _, leaf = name.rpartition(".")
+        setattr(model.get_submodule(parent), leaf, layer)
+    torch.cuda.empty_cache()
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--methods", nargs="+", default=["bf16", "int8", "int4"])
+    ap.add_argument("--contexts", type=int, nargs="+", default=[2048, 32768])
+    ap.add_argument("--steps", type=int, default=50)
+    args = ap.parse_args()
+    cfg = official_config()
+    bw = copy_bandwidth(torch.device("cuda"))
+    out = {"device": torch.cuda.get_device_name(), "copy_bandwidth": bw, "results": {}}
+    for method in args.methods:
+        model = random_model(cfg, "cuda", torch.bfloat16)
+        if method != "bf16":
+            quantize_in_memory(model, method)
+        r = bench_sambay(model, cfg, batches=[1], contexts=args.contexts, steps=args.steps, prompt_len=2048,
+                         gen_len=32768, graphs=True, copy_bw=bw, prefill_lens=[2048])
+        weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        out["results"][method] = {"weight_bytes": weight_bytes, "decode": r["decode"], "prefill": r["prefill"]}
+        for d in r["decode"]:
+            print(f"{method}: ctx {d['context']}: {d['tokens_per_s']:.1f} tok/s, {d['ms_per_step']:.2f} ms/step, "
+                  f"{d['bytes_per_step'] / 1e9:.2f} GB/step, {100 * d['fraction_of_copy_bandwidth']:.0f}% of copy BW",
+                  flush=True)
+        del model
+        torch.cuda.empty_cache()
+    print(json.dumps(out))
+
+
+if __name__ == "__main__":
+    main()
