@@ -102,9 +102,11 @@ def test_gpu_quantized_model_kernels_vs_torch_path(tmp_path, method, monkeypatch
     if method == "nf4":
         pytest.importorskip("bitsandbytes")
     quantize_checkpoint(TINY, tmp_path / "q", QuantizeOptions(method=method))
-    model = load_model(tmp_path / "q", device="cuda", dtype="bfloat16")
+    # float32 on both sides: two bf16 runs of a random model differ by ~2e-2 through rounding alone. The GEMM path's
+    # tl.dot uses TF32 on fp32 inputs (10-bit mantissa), hence 5e-3 rather than the fp32 rule's 1e-4.
+    model = load_model(tmp_path / "q", device="cuda", dtype="float32")
     ids = torch.randint(0, 512, (2, 40), device="cuda")
     fast = model(ids)
     monkeypatch.setenv("SAMBAY_KERNELS", "torch")
     slow = model(ids)
-    assert _rel(fast, slow) < 2e-2
+    assert _rel(fast, slow) < 5e-3
