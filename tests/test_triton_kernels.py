@@ -117,3 +117,12 @@ def test_whole_model_with_triton_kernels_matches_golden(monkeypatch):
     out = generate(model, [g["gen_prompt"].tolist()], max_new_tokens=steps, stop_token_ids=[], return_logits=True)
     assert out.tokens[0] == g["gen_ids"][6:6 + steps].tolist()
     assert_close_fp32(out.logits[0], g["gen_logits"][:steps], "cached decoding with triton kernels")
+
+
+def test_silu_mul_matches_swiglu_and_gmu_gate():
+    torch.manual_seed(4)
+    y = torch.randn(3, 5, 2 * 40, device=DEV)
+    gate, up = y.chunk(2, dim=-1)  # strided views, as the MLP passes them
+    _close(ops.silu_mul(gate, up, up.dtype), reference.swiglu(gate, up), tol=1e-6)
+    x, m = torch.randn(2, 7, 33, device=DEV), torch.randn(2, 9, 33, device=DEV)[:, 2:]
+    _close(ops.silu_mul(x, m, x.dtype), reference.gmu_gate(x, m), tol=1e-6)

@@ -107,7 +107,17 @@ def _triton_conv_update(x, conv_state, weight, bias):
     return _triton_module().causal_conv1d_update(x, conv_state, weight, bias)
 
 
+def _triton_swiglu(gate, up):
+    return _triton_module().silu_mul(gate, up, up.dtype)
+
+
+def _triton_gmu_gate(x, memory):
+    return _triton_module().silu_mul(x, memory, x.dtype)
+
+
 register("attention_decode", "triton", _triton_attention_decode, _on_cuda_with_triton)
+register("swiglu", "triton", _triton_swiglu, _on_cuda_with_triton)
+register("gmu_gate", "triton", _triton_gmu_gate, _on_cuda_with_triton)
 register("selective_scan", "triton", _triton_selective_scan, _on_cuda_with_triton)
 register("selective_state_update", "triton", _triton_state_update, _on_cuda_with_triton)
 register("causal_conv1d_update", "triton", _triton_conv_update, _on_cuda_with_triton)

@@ -410,3 +410,36 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         R=r, HD=d, DIFF=diff, SPLIT=splits, W=width,
     )
     return out.view(bsz, h, d)
+
+
+# --------------------------------------------------------------------------------------------- gated products
+
+
+@triton.jit
+def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n_cols, stride_a, stride_b, stride_o, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    m = offs < n_cols
+    a = tl.load(a_ptr + row * stride_a + offs, mask=m, other=0.0).to(tl.float32)
+    b = tl.load(b_ptr + row * stride_b + offs, mask=m, other=0.0).to(tl.float32)
+    y = a / (1.0 + tl.exp(-a)) * b
+    tl.store(out_ptr + row * stride_o + offs, y.to(out_ptr.dtype.element_ty), mask=m)
+
+
+def silu_mul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.Tensor:
+    """silu(a) ⊙ b computed in float32, rounded once to ``out_dtype``; one kernel (SwiGLU and the GMU gate)."""
+    shape = a.shape
+    a2 = a.reshape(-1, shape[-1])
+    b2 = b.reshape(-1, shape[-1])
+    if a2.stride(-1) != 1:
+        a2 = a2.contiguous()
+    if b2.stride(-1) != 1:
+        b2 = b2.contiguous()
+    out = torch.empty(a2.shape, device=a.device, dtype=out_dtype)
+    rows, cols = a2.shape
+    if rows == 0:
+        return out.reshape(shape)
+    block = 1024
+    _silu_mul_kernel[(rows, triton.cdiv(cols, block))](a2, b2, out, cols, a2.stride(0), b2.stride(0), out.stride(0),
+                                                       BLOCK=block)
+    return out.reshape(shape)

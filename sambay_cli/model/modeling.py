@@ -98,6 +98,18 @@ class Mamba(nn.Module):
         self.D = nn.Parameter(torch.ones(c.d_inner))
         self.out_proj = nn.Linear(c.d_inner, c.hidden_size, bias=c.mamba_proj_bias)
 
+    def _decay_rates(self) -> torch.Tensor:
+        """A = −exp(A_log), float32; computed once for frozen weights (every decode step would recompute it)."""
+        if self.A_log.requires_grad:
+            return -torch.exp(self.A_log.float())
+        key = (self.A_log.data_ptr(), self.A_log._version, self.A_log.device)
+        cached = getattr(self, "_A_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, -torch.exp(self.A_log.float()))
+            self._A_cache = cached
+        return cached[1]
+
     def forward(
         self, x: torch.Tensor, cache: SambaYCache, decode: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -108,7 +120,7 @@ class Mamba(nn.Module):
         conv_w = self.conv1d.weight.squeeze(1)  # [d_inner, K]
         conv_state = cache.conv_states[self.layer_idx]
         ssm_state = cache.ssm_states[self.layer_idx]
-        A = -torch.exp(self.A_log.float())
+        A = self._decay_rates()
         if decode:  # one token per row, state updated in place
             xc = kernels.causal_conv1d_update(xs[:, 0], conv_state, conv_w, self.conv1d.bias)  # [B, d_inner] f32
             xc = xc.to(dtype)
@@ -171,7 +183,20 @@ class DifferentialParams(nn.Module):
         self.subln = RMSNorm(2 * head_dim, eps=1e-5)
 
     def lambda_full(self, lambda_init_value: float) -> torch.Tensor:
-        """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init (a scalar per layer)."""
+        """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init (a scalar per layer). Frozen weights (inference) compute it
+        once — it is ~8 tiny kernels that would otherwise run in every decode step of every attention layer."""
+        if self.lambda_q1.requires_grad or torch.is_grad_enabled() and self.training:
+            return self._lambda(lambda_init_value)
+        key = (lambda_init_value, *(p.data_ptr() for p in (self.lambda_q1, self.lambda_k1, self.lambda_q2,
+                                                            self.lambda_k2)), self.lambda_q1._version)
+        cached = getattr(self, "_lambda_cache", None)
+        if cached is None or cached[0] != key:
+            with torch.no_grad():
+                cached = (key, self._lambda(lambda_init_value))
+            self._lambda_cache = cached
+        return cached[1]
+
+    def _lambda(self, lambda_init_value: float) -> torch.Tensor:
         l1 = torch.exp(torch.sum(self.lambda_q1.float() * self.lambda_k1.float()))
         l2 = torch.exp(torch.sum(self.lambda_q2.float() * self.lambda_k2.float()))
         return l1 - l2 + lambda_init_value
