@@ -54,42 +54,6 @@ def info(
     run_info(path, json_out=json_out)
 
 
-# --------------------------------------------------------------------------------------------------------- bench
-@app.command()
-def bench(
-    model: str | None = typer.Argument(None, help="Model directory or cached Hub id (default: --config "
-                                       "phi4-mini-flash with random weights)."),
-    config: str | None = typer.Option(None, "--config", help="Build a shape with random weights instead: "
-                                      "'phi4-mini-flash' (the official 3.8B) or a config.json path. No download."),
-    prompt_len: list[str] = typer.Option(["2048"], "--prompt-len", help="Prompt length(s) prefill is timed at "
-                                         "(comma-separated or repeated); the cache is sized for the longest."),
-    gen_len: int = typer.Option(32768, "--gen-len", help="Generated tokens the cache is sized for."),
-    batch: list[str] = typer.Option(["1"], "--batch", help="Batch size(s): repeat or comma-separate, e.g. 1,8,16."),
-    contexts: list[int] = typer.Option([], "--context", help="Context length(s) to time decode at (default: 2K, 4K, "
-                                       "8K, 16K, 32K within prompt+gen)."),
-    steps: int = typer.Option(100, "--steps", help="Decode steps timed at each context."),
-    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
-    dtype: str | None = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: bf16 on GPU, fp32 on CPU)."),
-    baseline: str | None = typer.Option(None, "--baseline", help="'dense': also run a dense Phi-4-mini-shaped "
-                                        "transformer in Hugging Face transformers on the same device."),
-    no_graphs: bool = typer.Option(False, "--no-graphs", help="Decode eagerly instead of replaying CUDA graphs."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-) -> None:
-    """Measure prefill and decode throughput, memory and bandwidth against the roofline (and a dense baseline).
-
-    Decode at long context is measured by filling the caches synthetically to each context length and timing
-    decode steps there; full-generation times are integrated over the measured contexts (said in the output).
-    """
-    from .bench import parse_batches, run_bench
-
-    if baseline not in (None, "dense"):
-        raise SambaYError("--baseline takes 'dense'")
-    run_bench(model, config=config, prompt_len=parse_batches(prompt_len), gen_len=gen_len, batches=parse_batches(batch),
-              contexts=list(contexts) or None, steps=steps, device=device, dtype=dtype, baseline=baseline,
-              graphs=not no_graphs, json_out=json_out)
-
-
-# ---------------------------------------------------------------------------------------------------------- pull
 # ------------------------------------------------------------------------------------------------------ generate
 @app.command()
 def generate(
@@ -140,6 +104,7 @@ def generate(
         raise typer.Exit(code)
 
 
+# ---------------------------------------------------------------------------------------------------------- pull
 @app.command()
 def pull(
     repo_id: str = typer.Argument(
@@ -275,6 +240,41 @@ def eval_command(
                     force=force, json_out=json_out, gpus=gpus),
         argv=sys.argv[1:],
     )
+
+
+# --------------------------------------------------------------------------------------------------------- bench
+@app.command()
+def bench(
+    model: str | None = typer.Argument(None, help="Model directory or cached Hub id (default: --config "
+                                       "phi4-mini-flash with random weights)."),
+    config: str | None = typer.Option(None, "--config", help="Build a shape with random weights instead: "
+                                      "'phi4-mini-flash' (the official 3.8B) or a config.json path. No download."),
+    prompt_len: list[str] = typer.Option(["2048"], "--prompt-len", help="Prompt length(s) prefill is timed at "
+                                         "(comma-separated or repeated); the cache is sized for the longest."),
+    gen_len: int = typer.Option(32768, "--gen-len", help="Generated tokens the cache is sized for."),
+    batch: list[str] = typer.Option(["1"], "--batch", help="Batch size(s): repeat or comma-separate, e.g. 1,8,16."),
+    contexts: list[int] = typer.Option([], "--context", help="Context length(s) to time decode at (default: 2K, 4K, "
+                                       "8K, 16K, 32K within prompt+gen)."),
+    steps: int = typer.Option(100, "--steps", help="Decode steps timed at each context."),
+    device: str | None = typer.Option(None, "--device", help="cpu or cuda (default: cuda when available)."),
+    dtype: str | None = typer.Option(None, "--dtype", help="float32 / bfloat16 (default: bf16 on GPU, fp32 on CPU)."),
+    baseline: str | None = typer.Option(None, "--baseline", help="'dense': also run a dense Phi-4-mini-shaped "
+                                        "transformer in Hugging Face transformers on the same device."),
+    no_graphs: bool = typer.Option(False, "--no-graphs", help="Decode eagerly instead of replaying CUDA graphs."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Measure prefill and decode throughput, memory and bandwidth against the roofline (and a dense baseline).
+
+    Decode at long context is measured by filling the caches synthetically to each context length and timing
+    decode steps there; full-generation times are integrated over the measured contexts (said in the output).
+    """
+    from .bench import parse_batches, run_bench
+
+    if baseline not in (None, "dense"):
+        raise SambaYError("--baseline takes 'dense'")
+    run_bench(model, config=config, prompt_len=parse_batches(prompt_len), gen_len=gen_len, batches=parse_batches(batch),
+              contexts=list(contexts) or None, steps=steps, device=device, dtype=dtype, baseline=baseline,
+              graphs=not no_graphs, json_out=json_out)
 
 
 # ------------------------------------------------------------------------------------------------------ quantize
