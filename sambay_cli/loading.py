@@ -198,27 +198,11 @@ def load_model(
 def _read_tensors(weights, expected, config, target, device, bf16_round, progress) -> dict[str, torch.Tensor]:
     from safetensors import SafetensorError, safe_open
 
-    headers = {f: read_header(f) for f in weights.files}
-    found: dict[str, tuple[Path, list[int]]] = {}
-    for f, header in headers.items():
-        for name, info in header.items():
-            if name != "__metadata__":
-                found[name] = (f, info.get("shape", []))
+    found = tensor_locations(weights)
     tied_extra = "lm_head.weight" in found and "lm_head.weight" not in expected and config.tie_word_embeddings
     names_found = set(found) - ({"lm_head.weight"} if tied_extra else set())
-    missing = sorted(set(expected) - names_found)
-    unexpected = sorted(names_found - set(expected))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {_short(missing)}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s): {_short(unexpected)}")
-        raise CheckpointError(f"checkpoint does not match its config.json: {'; '.join(parts)}")
-    for name, shape in expected.items():
-        got = tuple(found[name][1])
-        if got != shape:
-            raise CheckpointError(f"tensor {name} has shape {list(got)}, the config implies {list(shape)}")
+    check_tensor_names(set(expected), names_found, "checkpoint")
+    check_tensor_shapes(expected, found)
     state: dict[str, torch.Tensor] = {}
     by_file: dict[Path, list[str]] = {}
     for name in expected:
@@ -247,6 +231,36 @@ def _read_tensors(weights, expected, config, target, device, bf16_round, progres
         if bar is not None:
             bar[0].stop()
     return state
+
+
+def tensor_locations(weights: CheckpointFiles) -> dict[str, tuple[Path, list[int]]]:
+    """Every stored tensor's file and shape, read from the (validated) safetensors headers."""
+    found: dict[str, tuple[Path, list[int]]] = {}
+    for f in weights.files:
+        for name, info in read_header(f).items():
+            if name != "__metadata__":
+                found[name] = (f, info.get("shape", []))
+    return found
+
+
+def check_tensor_names(expected: set[str], found: set[str], label: str) -> None:
+    """One line naming the missing and unexpected tensors, if any."""
+    missing = sorted(expected - found)
+    unexpected = sorted(found - expected)
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"missing {len(missing)} tensor(s): {_short(missing)}")
+        if unexpected:
+            parts.append(f"unexpected {len(unexpected)} tensor(s): {_short(unexpected)}")
+        raise CheckpointError(f"{label} does not match its config.json: {'; '.join(parts)}")
+
+
+def check_tensor_shapes(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[Path, list[int]]]) -> None:
+    for name, shape in expected.items():
+        got = tuple(found[name][1])
+        if got != shape:
+            raise CheckpointError(f"tensor {name} has shape {list(got)}, the config implies {list(shape)}")
 
 
 def _convert(name: str, t: torch.Tensor, target: torch.dtype, device: torch.device, bf16_round: bool) -> torch.Tensor:

@@ -15,7 +15,7 @@ from torch import nn
 
 from ..config import SambaYConfig
 from ..errors import CheckpointError, SambaYError
-from ..loading import _convert, find_weights, read_header
+from ..loading import _convert, build_empty, check_tensor_names, check_tensor_shapes, find_weights, tensor_locations
 from ..model.modeling import SambaYForCausalLM
 from . import bnb
 from .embedding import QuantEmbeddingWeight
@@ -86,13 +86,8 @@ def load_quantized_model(directory: Path, config: SambaYConfig, *, dtype: torch.
     weights = find_weights(directory)
     if weights is None:
         raise CheckpointError(f"{directory} has a config.json but no safetensors weights")
-    with torch.device("meta"):
-        model = SambaYForCausalLM(config)
-    found: dict[str, tuple[Path, list[int]]] = {}
-    for f in weights.files:
-        for name, info in read_header(f).items():
-            if name != "__metadata__":
-                found[name] = (f, info.get("shape", []))
+    model = build_empty(config)
+    found = tensor_locations(weights)
     linear = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)]
     fmts = module_formats(qcfg, set(found), linear)
     dense_expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -106,18 +101,8 @@ def load_quantized_model(directory: Path, config: SambaYConfig, *, dtype: torch.
     names_found = set(found)
     if config.tie_word_embeddings and "lm_head.weight" in names_found and "lm_head.weight" not in dense_expected:
         names_found.discard("lm_head.weight")
-    missing = sorted((set(dense_expected) | set(quant_keys)) - names_found)
-    unexpected = sorted(names_found - set(dense_expected) - set(quant_keys))
-    if missing or unexpected:
-        parts = []
-        if missing:
-            parts.append(f"missing {len(missing)} tensor(s): {', '.join(missing[:4])}")
-        if unexpected:
-            parts.append(f"unexpected {len(unexpected)} tensor(s): {', '.join(unexpected[:4])}")
-        raise CheckpointError(f"quantized checkpoint does not match its config.json: {'; '.join(parts)}")
-    for name, shape in dense_expected.items():
-        if tuple(found[name][1]) != shape:
-            raise CheckpointError(f"tensor {name} has shape {list(found[name][1])}, the config implies {list(shape)}")
+    check_tensor_names(set(dense_expected) | set(quant_keys), names_found, "quantized checkpoint")
+    check_tensor_shapes(dense_expected, found)
 
     dense, packed = _read_all(found, dense_expected, quant_keys, dtype, device, progress)
     modules = dict(model.named_modules())
