@@ -49,6 +49,38 @@ PHI4_ADDED_TOKENS: list[tuple[str, bool, bool]] = [
     ("<|tag|>", True, True),
 ]
 PLAIN_ADDED_TOKENS = ["<think>", "</think>"]
+PHI4_EOS_TOKEN = "<|endoftext|>"  # also BOS, PAD and UNK in Phi-4's tokenizer config
+
+
+def add_phi4_tokens(backend: Any) -> None:
+    """Register the Phi-4 added tokens after ``<|endoftext|>`` (a special token of BPE training) and the plain
+    ``<think>``/``</think>`` tokens on a freshly trained `tokenizers` backend, with the real flags."""
+    from tokenizers import AddedToken
+
+    for content, special, rstrip in PHI4_ADDED_TOKENS[1:]:
+        token = AddedToken(content, special=special, rstrip=rstrip, lstrip=False, normalized=False, single_word=False)
+        (backend.add_special_tokens if special else backend.add_tokens)([token])
+    backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
+
+
+def phi4_tokenizer_config(backend: Any, *, chat_template: str, model_max_length: int) -> dict[str, Any]:
+    """tokenizer_config.json in the real Phi-4 file's shape (same flags, no BOS), with this vocabulary's ids."""
+    decoder: dict[str, dict] = {}
+    flags = [*PHI4_ADDED_TOKENS, *((t, False, False) for t in PLAIN_ADDED_TOKENS)]
+    for content, special, rstrip in flags:
+        decoder[str(backend.token_to_id(content))] = {"content": content, "lstrip": False, "normalized": False,
+                                                      "rstrip": rstrip, "single_word": False, "special": special}
+    return {
+        "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
+        "added_tokens_decoder": decoder, "bos_token": PHI4_EOS_TOKEN, "chat_template": chat_template,
+        "clean_up_tokenization_spaces": False, "eos_token": PHI4_EOS_TOKEN, "model_max_length": model_max_length,
+        "pad_token": PHI4_EOS_TOKEN, "tokenizer_class": "GPT2Tokenizer", "unk_token": PHI4_EOS_TOKEN,
+    }
+
+
+def phi4_special_tokens_map() -> dict[str, dict]:
+    entry = {"content": PHI4_EOS_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
+    return {name: dict(entry) for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
 
 def _read_json(path: Path, *, required: bool) -> dict[str, Any] | None:
     """Read a JSON object from ``path``; None when absent and not required. One-line SambaYError otherwise."""

@@ -25,14 +25,21 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 
 from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
 
-from sambay_cli.tokenizer import PHI4_ADDED_TOKENS, PLAIN_ADDED_TOKENS  # noqa: E402
+from sambay_cli.tokenizer import (  # noqa: E402
+    PHI4_ADDED_TOKENS,
+    PHI4_EOS_TOKEN,
+    PLAIN_ADDED_TOKENS,
+    add_phi4_tokens,
+    phi4_special_tokens_map,
+    phi4_tokenizer_config,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "tests" / "fixtures" / "tokenizer-tiny"
 HUB_METADATA = REPO_ROOT / "tests" / "fixtures" / "phi4flash-hub-metadata"
 
 TOTAL_IDS = 512
-EOS_TOKEN = "<|endoftext|>"
+EOS_TOKEN = PHI4_EOS_TOKEN
 
 
 # The public o200k pre-tokenization pattern (what the real tokenizer.json splits on before byte-level BPE).
@@ -96,10 +103,7 @@ def train_backend() -> Tokenizer:
     if learned != TOTAL_IDS - later_added:
         raise SystemExit(f"training text too small: got {learned} ids, want {TOTAL_IDS - later_added}")
 
-    for content, special, rstrip in PHI4_ADDED_TOKENS[1:]:
-        token = AddedToken(content, special=special, rstrip=rstrip, lstrip=False, normalized=False, single_word=False)
-        (tokenizer.add_special_tokens if special else tokenizer.add_tokens)([token])
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
+    add_phi4_tokens(tokenizer)
     total = tokenizer.get_vocab_size(with_added_tokens=True)
     if total != TOTAL_IDS:
         raise SystemExit(f"expected {TOTAL_IDS} ids, got {total}")
@@ -109,44 +113,11 @@ def train_backend() -> Tokenizer:
 def tokenizer_config(tokenizer: Tokenizer) -> dict:
     """tokenizer_config.json in the real file's shape: same flags, real chat template, ids of this vocabulary."""
     real = json.loads((HUB_METADATA / "tokenizer_config.json").read_text(encoding="utf-8"))
-    decoder: dict[str, dict] = {}
-    for content, special, rstrip in PHI4_ADDED_TOKENS:
-        decoder[str(tokenizer.token_to_id(content))] = {
-            "content": content,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": rstrip,
-            "single_word": False,
-            "special": special,
-        }
-    for content in PLAIN_ADDED_TOKENS:
-        decoder[str(tokenizer.token_to_id(content))] = {
-            "content": content,
-            "lstrip": False,
-            "normalized": False,
-            "rstrip": False,
-            "single_word": False,
-            "special": False,
-        }
-    return {
-        "add_bos_token": False,
-        "add_eos_token": False,
-        "add_prefix_space": False,
-        "added_tokens_decoder": decoder,
-        "bos_token": EOS_TOKEN,
-        "chat_template": real["chat_template"],
-        "clean_up_tokenization_spaces": False,
-        "eos_token": EOS_TOKEN,
-        "model_max_length": 65536,
-        "pad_token": EOS_TOKEN,
-        "tokenizer_class": "GPT2Tokenizer",
-        "unk_token": EOS_TOKEN,
-    }
+    return phi4_tokenizer_config(tokenizer, chat_template=real["chat_template"], model_max_length=65536)
 
 
 def special_tokens_map() -> dict:
-    entry = {"content": EOS_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-    return {name: dict(entry) for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    return phi4_special_tokens_map()
 
 
 def generation_config(tokenizer: Tokenizer) -> dict:

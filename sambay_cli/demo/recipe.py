@@ -27,11 +27,18 @@ from torch import nn
 
 from ..config import SambaYConfig, official_config_dir
 from ..model.modeling import FLOAT32_PARAMS, SambaYForCausalLM
-from ..tokenizer import PHI4_ADDED_TOKENS, PLAIN_ADDED_TOKENS
+from ..tokenizer import (
+    PHI4_ADDED_TOKENS,
+    PHI4_EOS_TOKEN,
+    PLAIN_ADDED_TOKENS,
+    add_phi4_tokens,
+    phi4_special_tokens_map,
+    phi4_tokenizer_config,
+)
 from . import arith
 
 # --------------------------------------------------------------------------------------------------- tokenizer
-EOS_TOKEN = "<|endoftext|>"
+EOS_TOKEN = PHI4_EOS_TOKEN
 TOKENIZER_IDS = 384  # 1 + 256 byte symbols + learned merges + added tokens; a multiple of 128
 TOKENIZER_TRAINING_SAMPLES = 4000
 # Words and punctuation are split like the o200k pattern; digits were already isolated one by one.
@@ -80,10 +87,7 @@ def build_tokenizer(seed: int):
             reply = reply.replace(plain, " ")
         texts.append(prompt + reply)
     tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    for content, special, rstrip in PHI4_ADDED_TOKENS[1:]:
-        token = AddedToken(content, special=special, rstrip=rstrip, lstrip=False, normalized=False, single_word=False)
-        (tok.add_special_tokens if special else tok.add_tokens)([token])
-    tok.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
+    add_phi4_tokens(tok)
     if tok.get_vocab_size(with_added_tokens=True) > TOKENIZER_IDS:
         raise RuntimeError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} ids, more than {TOKENIZER_IDS}")
     return tok
@@ -91,21 +95,8 @@ def build_tokenizer(seed: int):
 
 def tokenizer_files(tok) -> dict[str, str]:
     """tokenizer.json, tokenizer_config.json and special_tokens_map.json in the real files' shapes."""
-    decoder: dict[str, dict] = {}
-    for content, special, rstrip in PHI4_ADDED_TOKENS:
-        decoder[str(tok.token_to_id(content))] = {"content": content, "lstrip": False, "normalized": False,
-                                                  "rstrip": rstrip, "single_word": False, "special": special}
-    for content in PLAIN_ADDED_TOKENS:
-        decoder[str(tok.token_to_id(content))] = {"content": content, "lstrip": False, "normalized": False,
-                                                  "rstrip": False, "single_word": False, "special": False}
-    config = {
-        "add_bos_token": False, "add_eos_token": False, "add_prefix_space": False,
-        "added_tokens_decoder": decoder, "bos_token": EOS_TOKEN, "chat_template": phi4_chat_template(),
-        "clean_up_tokenization_spaces": False, "eos_token": EOS_TOKEN, "model_max_length": 4096,
-        "pad_token": EOS_TOKEN, "tokenizer_class": "GPT2Tokenizer", "unk_token": EOS_TOKEN,
-    }
-    entry = {"content": EOS_TOKEN, "lstrip": False, "normalized": False, "rstrip": False, "single_word": False}
-    special_map = {name: dict(entry) for name in ("bos_token", "eos_token", "pad_token", "unk_token")}
+    config = phi4_tokenizer_config(tok, chat_template=phi4_chat_template(), model_max_length=4096)
+    special_map = phi4_special_tokens_map()
     return {
         "tokenizer.json": tok.to_str(pretty=False) + "\n",
         "tokenizer_config.json": json.dumps(config, indent=2, ensure_ascii=False) + "\n",
