@@ -11,8 +11,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from ..errors import SambaYError
-
 OnFinish = Callable[[int, list[int], str], None]
 
 
@@ -70,10 +68,7 @@ class EngineBackend:
         batch_size: int | None,
         on_finish: OnFinish | None,
     ) -> tuple[list[list[int]], list[str]]:
-        try:
-            from ..generation import generate
-        except ImportError as e:  # the engine is developed alongside; say so instead of a traceback
-            raise SambaYError(f"the generation engine is not available in this installation ({e})") from None
+        from ..generation import generate
 
         result = generate(
             self.model,

@@ -13,6 +13,7 @@ Triton interpreter that way).
 
 from __future__ import annotations
 
+import importlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -38,7 +39,8 @@ def register(op: str, name: str, fn: Callable, available: Callable[..., bool], *
     impls.insert(0 if first else len(impls), Implementation(name, fn, available))
 
 
-def _always(*_args, **_kwargs) -> bool:
+def always(*_args, **_kwargs) -> bool:
+    """The availability test of an implementation that runs everywhere (the torch reference)."""
     return True
 
 
@@ -52,24 +54,28 @@ for _op in (
     "swiglu",
     "gmu_gate",
 ):
-    register(_op, "torch", getattr(reference, _op), _always, first=False)
+    register(_op, "torch", getattr(reference, _op), always, first=False)
 
 
 # ------------------------------------------------------------------------------------ the project's Triton kernels
-_TRITON_STATE: dict[str, object] = {}
+_OPTIONAL: dict[str, object] = {}
+IMPORT_ERRORS: dict[str, str] = {}
+
+
+def optional_import(module: str):
+    """A kernel module imported on first use, or None when it cannot be (no Triton, a broken install); the reason is
+    kept in IMPORT_ERRORS."""
+    if module not in _OPTIONAL:
+        try:
+            _OPTIONAL[module] = importlib.import_module(module)
+        except Exception as e:  # pragma: no cover - depends on the machine
+            _OPTIONAL[module] = None
+            IMPORT_ERRORS[module] = repr(e)
+    return _OPTIONAL[module]
 
 
 def _triton_module():
-    """sambay_cli.kernels.triton_ops, imported on first use (None when Triton is missing or broken)."""
-    if "module" not in _TRITON_STATE:
-        try:
-            from . import triton_ops
-
-            _TRITON_STATE["module"] = triton_ops
-        except Exception as e:  # pragma: no cover - depends on the machine
-            _TRITON_STATE["module"] = None
-            _TRITON_STATE["error"] = repr(e)
-    return _TRITON_STATE["module"]
+    return optional_import("sambay_cli.kernels.triton_ops")
 
 
 def _on_cuda_with_triton(t: torch.Tensor, *_args) -> bool:

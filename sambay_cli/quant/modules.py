@@ -146,19 +146,8 @@ def _triton_available(x: torch.Tensor, *_args) -> bool:
     return x.is_cuda and _triton_quant() is not None
 
 
-_STATE: dict[str, object] = {}
-
-
 def _triton_quant():
-    if "triton" not in _STATE:
-        try:
-            from . import triton_kernels
-
-            _STATE["triton"] = triton_kernels
-        except Exception as e:  # pragma: no cover - depends on the machine
-            _STATE["triton"] = None
-            _STATE["triton_error"] = repr(e)
-    return _STATE["triton"]
+    return kernels.optional_import("sambay_cli.quant.triton_kernels")
 
 
 def triton_w8a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
@@ -171,16 +160,7 @@ def triton_w4a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
 
 
 def _bnb_cuda_available(x: torch.Tensor, *_args) -> bool:
-    if not x.is_cuda:
-        return False
-    if "bnb" not in _STATE:
-        try:
-            import bitsandbytes
-
-            _STATE["bnb"] = bitsandbytes
-        except Exception:  # pragma: no cover - depends on the machine
-            _STATE["bnb"] = None
-    return _STATE["bnb"] is not None
+    return x.is_cuda and kernels.optional_import("bitsandbytes") is not None
 
 
 def bnb4_linear(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # pragma: no cover - CUDA only
@@ -217,12 +197,8 @@ def bnb8_linear(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # pragma:
     return bnb.matmul(x, layer.qweight, bias=bias, state=layer._bnb_quant_state)
 
 
-def _always(*_args) -> bool:
-    return True
-
-
 for _op in ("w8a16_linear", "w4a16_linear", "bnb4_linear", "bnb8_linear"):
-    kernels.register(_op, "torch", dequant_linear, _always, first=False)
+    kernels.register(_op, "torch", dequant_linear, kernels.always, first=False)
 kernels.register("w8a16_linear", "cpu-int8pack", cpu_int8pack, _cpu_int8pack_available)
 kernels.register("w8a16_linear", "triton", triton_w8a16, _triton_available)
 kernels.register("w4a16_linear", "triton", triton_w4a16, _triton_available)
