@@ -259,7 +259,7 @@ class _Scheduler:
             if self.stop_strings:
                 stoppers[i] = _StopStrings(self.tokenizer, self.stop_strings)
 
-    def _record(self, row: int, i: int, tok: int, logits_row, stoppers) -> str | None:
+    def _record(self, i: int, tok: int, logits_row, stoppers) -> str | None:
         out = self.out
         out.tokens[i].append(tok)
         if out.logits is not None:
@@ -283,7 +283,7 @@ class _Scheduler:
         finished = []
         for r, tok in zip(sample_rows, chosen.tolist(), strict=True):
             i = rows[r]
-            reason = self._record(r, i, tok, logits[r], stoppers)
+            reason = self._record(i, tok, logits[r], stoppers)
             if reason is not None:
                 self.out.finish_reasons[i] = reason
                 finished.append(r)

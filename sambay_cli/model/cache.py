@@ -139,36 +139,6 @@ class SambaYCache:
         return {"conv_states": self.conv_states, "ssm_states": self.ssm_states, "swa_k": self.swa_k,
                 "swa_v": self.swa_v}
 
-    def select(self, index: torch.Tensor | list[int]) -> SambaYCache:
-        """A new cache whose row r is this cache's row ``index[r]`` (rows may repeat: forking).
-
-        The prompt's shared-KV rows are copied (only up to the filled length), the small Mamba/SWA state too.
-        """
-        index = torch.as_tensor(index, dtype=torch.long, device=self.device)
-        new = SambaYCache.__new__(SambaYCache)
-        new.__dict__.update(self.__dict__)
-        n = int(index.numel())
-        new.batch_size = n
-        new.conv_states = {i: t.index_select(0, index) for i, t in self.conv_states.items()}
-        new.ssm_states = {i: t.index_select(0, index) for i, t in self.ssm_states.items()}
-        new.swa_k = {i: t.index_select(0, index) for i, t in self.swa_k.items()}
-        new.swa_v = {i: t.index_select(0, index) for i, t in self.swa_v.items()}
-        new.swa_pos = self.swa_pos.index_select(0, index)
-        new.swa_valid = self.swa_valid.index_select(0, index)
-        new.kv_valid = self.kv_valid.index_select(0, index)
-        if self.kv_k is not None:
-            shape = (n,) + tuple(self.kv_k.shape[1:])
-            new.kv_k = self.kv_k.new_zeros(shape)
-            new.kv_v = self.kv_v.new_zeros(shape)
-            new.kv_k[:, :, : self.seen] = self.kv_k[:, :, : self.seen].index_select(0, index)
-            new.kv_v[:, :, : self.seen] = self.kv_v[:, :, : self.seen].index_select(0, index)
-        new.chunk_valid = None
-        new.rows = torch.arange(n, device=self.device)
-        new.pos_t = self.pos_t.index_select(0, index)
-        new.n_keys_t = self.n_keys_t.index_select(0, index)
-        new.window_t = self.window_t.index_select(0, index)
-        return new
-
     def compact(self, index: torch.Tensor | list[int]) -> None:
         """Keep only rows ``index`` (ascending), in place: finished sequences stop costing compute and no second
         shared-KV buffer is allocated."""
