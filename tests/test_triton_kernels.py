@@ -78,10 +78,13 @@ def test_selective_scan(with_state):
     _close(s_tri, s_ref)
 
 
-@pytest.mark.parametrize("diff, h, g", [(True, 4, 2), (True, 8, 4), (True, 8, 2), (False, 8, 2)])
-def test_attention_decode(diff, h, g):
+@pytest.mark.parametrize("diff, h, g", [(True, 4, 2), (True, 8, 4), (True, 8, 2), (False, 8, 2), (False, 4, 4)])
+@pytest.mark.parametrize("splits", [None, 1, 4])
+def test_attention_decode(diff, h, g, splits):
+    """Tensor-core split-K decode attention (IEEE dots in float32) equals the reference, rows of different lengths."""
     torch.manual_seed(3)
-    b, d, s_max, n = 2, 16, 40, 29
+    b, d, s_max = 3, 16, 70
+    lengths = [29, 70, 1]
     q = torch.randn(b, h, d, device=DEV)
     k = torch.randn(b, g, s_max, d, device=DEV)
     v = torch.randn(b, g, s_max, d, device=DEV)
@@ -89,13 +92,87 @@ def test_attention_decode(diff, h, g):
     valid[:, 0] = True
     lam = torch.tensor(0.37, device=DEV) if diff else None
     w = torch.randn(2 * d, device=DEV) if diff else None
-    n_keys = torch.tensor([n, n], device=DEV)
+    n_keys = torch.tensor(lengths, device=DEV)
     out = ops.diff_attention_decode(q, k, v, valid, n_keys, scale=d ** -0.5, lambda_full=lam, lambda_init=0.6,
-                                    subln_weight=w, eps=1e-5, splits=4, block_s=8)
-    mask = valid[:, None, :n]
-    ref = reference.differential_attention(q[:, :, None], k[:, :, :n], v[:, :, :n], mask, scale=d ** -0.5,
-                                           lambda_full=lam, lambda_init=0.6, subln_weight=w, eps=1e-5)[:, :, 0]
+                                    subln_weight=w, eps=1e-5, splits=splits, block_s=16)
+    for i, n in enumerate(lengths):
+        ref = reference.differential_attention(q[i:i + 1, :, None], k[i:i + 1, :, :n], v[i:i + 1, :, :n],
+                                               valid[i:i + 1, None, :n], scale=d ** -0.5, lambda_full=lam,
+                                               lambda_init=0.6, subln_weight=w, eps=1e-5)[:, :, 0]
+        _close(out[i:i + 1], ref)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="bf16 tensor-core dots: GPU")
+def test_attention_decode_bf16_official_shape():
+    """The official head layout (40 query heads, 20 KV heads, head_dim 64) in bf16, within the bf16 rule of the
+    float32 reference."""
+    torch.manual_seed(5)
+    b, h, g, d, s_max = 2, 40, 20, 64, 3000
+    lengths = [2999, 700]
+    q = torch.randn(b, h, d, device=DEV)
+    k = torch.randn(b, g, s_max, d, device=DEV)
+    v = torch.randn(b, g, s_max, d, device=DEV)
+    valid = torch.ones(b, s_max, dtype=torch.bool, device=DEV)
+    lam, w = torch.tensor(0.2, device=DEV), torch.rand(2 * d, device=DEV) + 0.5
+    out = ops.diff_attention_decode(q.bfloat16(), k.bfloat16(), v.bfloat16(), valid, torch.tensor(lengths, device=DEV),
+                                    scale=d ** -0.5, lambda_full=lam, lambda_init=0.8, subln_weight=w, eps=1e-5)
+    for i, n in enumerate(lengths):
+        ref = reference.differential_attention(q[i:i + 1, :, None], k[i:i + 1, :, :n], v[i:i + 1, :, :n],
+                                               valid[i:i + 1, None, :n], scale=d ** -0.5, lambda_full=lam,
+                                               lambda_init=0.8, subln_weight=w, eps=1e-5)[:, :, 0]
+        _close(out[i:i + 1], ref, tol=2e-2)
+
+
+@pytest.mark.parametrize("diff, h, g", [(True, 4, 2), (True, 8, 2), (False, 4, 2)])
+@pytest.mark.parametrize("window", [None, 7])
+def test_attention_prefill(diff, h, g, window):
+    """Flash-style prefill attention (IEEE dots in float32) equals the reference: an SWA-like key set (a ring of
+    unsorted positions with empty slots, then the chunk), left padding in one row, queries that see no key."""
+    torch.manual_seed(7)
+    b, d, lq, ring = 2, 16, 21, 9
+    lk = ring + lq
+    q = torch.randn(b, h, lq, d, device=DEV)
+    k = torch.randn(b, g, lk, d, device=DEV)
+    v = torch.randn(b, g, lk, d, device=DEV)
+    start = 30
+    ring_pos = torch.tensor([27, 28, 29, 21, 22, 23, 24, 25, 26], device=DEV)
+    k_pos = torch.cat([ring_pos, torch.arange(start, start + lq, device=DEV)]).expand(b, -1).clone()
+    k_pos[1, :4] = -1  # empty ring slots
+    q_pos = torch.arange(start, start + lq, device=DEV)
+    k_valid = torch.ones(b, lk, dtype=torch.bool, device=DEV)
+    k_valid[1, ring:ring + 5] = False  # left padding of row 1: its first queries see nothing but the ring
+    k_valid[1, :ring] = False
+    lam = torch.tensor(0.37, device=DEV) if diff else None
+    w = torch.randn(2 * d, device=DEV) if diff else None
+    kw = dict(scale=d ** -0.5, lambda_full=lam, lambda_init=0.6, subln_weight=w, eps=1e-5)
+    ref = reference.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, **kw)
+    out = ops.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, block_m=16, block_n=16, **kw)
+    assert out.shape == ref.shape == (b, lq, h * d)
     _close(out, ref)
+    # keys shared by all rows (1-D positions), the last 5 queries only (the full-attention layer's ``keep``)
+    out = ops.attention_prefill(q[:, :, -5:], k, v, q_pos[-5:], k_pos[0], k_valid, window, block_m=16,
+                                block_n=16, **kw)
+    _close(out, reference.attention_prefill(q[:, :, -5:], k, v, q_pos[-5:], k_pos[0], k_valid, window, **kw))
+
+
+@pytest.mark.skipif(not ON_GPU, reason="bf16 tensor-core dots: GPU")
+@pytest.mark.parametrize("window", [None, 2048])
+def test_attention_prefill_bf16_official_shape(window):
+    """The official head layout in bf16 (a 1,024-query chunk after 2,048 cached keys), within the bf16 rule of the
+    float32 reference."""
+    torch.manual_seed(8)
+    b, h, g, d, lq, past = 1, 40, 20, 64, 1024, 2048
+    q = torch.randn(b, h, lq, d, device=DEV)
+    k = torch.randn(b, g, past + lq, d, device=DEV)
+    v = torch.randn(b, g, past + lq, d, device=DEV)
+    k_pos = torch.arange(past + lq, device=DEV)
+    q_pos = k_pos[past:]
+    k_valid = torch.ones(b, past + lq, dtype=torch.bool, device=DEV)
+    kw = dict(scale=d ** -0.5, lambda_full=torch.tensor(0.2, device=DEV), lambda_init=0.8,
+              subln_weight=torch.rand(2 * d, device=DEV) + 0.5, eps=1e-5)
+    ref = reference.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, **kw)
+    out = ops.attention_prefill(q.bfloat16(), k.bfloat16(), v.bfloat16(), q_pos, k_pos, k_valid, window, **kw)
+    _close(out, ref, tol=2e-2)
 
 
 def test_whole_model_with_triton_kernels_matches_golden(monkeypatch):
@@ -126,3 +203,23 @@ def test_silu_mul_matches_swiglu_and_gmu_gate():
     _close(ops.silu_mul(gate, up, up.dtype), reference.swiglu(gate, up), tol=1e-6)
     x, m = torch.randn(2, 7, 33, device=DEV), torch.randn(2, 9, 33, device=DEV)[:, 2:]
     _close(ops.silu_mul(x, m, x.dtype), reference.gmu_gate(x, m), tol=1e-6)
+
+
+@pytest.mark.parametrize("rms", [False, True])
+@pytest.mark.parametrize("with_delta", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_add_norm(rms, with_delta, dtype):
+    """Fused residual add + LayerNorm/RMSNorm equals the reference: the float32 residual exactly, the normed output
+    within float32 rounding (float32) or one bf16 rounding (bf16)."""
+    if dtype == torch.bfloat16 and not ON_GPU:
+        pytest.skip("the Triton interpreter truncates float32 -> bf16 (the GPU rounds to nearest even)")
+    torch.manual_seed(6)
+    h = torch.randn(2, 3, 100, device=DEV) * 3 + 1
+    delta = torch.randn(2, 3, 100, device=DEV).to(dtype) if with_delta else None
+    w = (torch.rand(100, device=DEV) + 0.5).to(dtype)
+    b = None if rms else torch.randn(100, device=DEV).to(dtype)
+    h_ref, x_ref = reference.add_norm(h, delta, w, b, 1e-5, rms)
+    h_tri, x_tri = ops.add_norm(h, delta, w, b, 1e-5, rms)
+    assert torch.equal(h_tri, h_ref)
+    assert x_tri.dtype == dtype
+    _close(x_tri, x_ref, tol=1e-6 if dtype == torch.float32 else 4e-3)

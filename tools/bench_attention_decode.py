@@ -38,11 +38,12 @@ def main() -> None:
         lam = torch.tensor(0.3, device=dev)
         w = torch.ones(2 * d, device=dev)
         nbytes = 2 * b * g * ctx * d * 2
-        for block_s, warps, kps in itertools.product((32, 64, 128), (2, 4, 8), (256, 512, 1024)):
-            def run(q=q, k=k, v=v, valid=valid, n=n, lam=lam, w=w, block_s=block_s, warps=warps, kps=kps):
+        for block_s, warps, pps, stages in itertools.product((32, 64, 128), (4, 8), (2, 4, 8), (2, 3)):
+            def run(q=q, k=k, v=v, valid=valid, n=n, lam=lam, w=w, block_s=block_s, warps=warps, pps=pps,
+                    stages=stages):
                 return triton_ops.diff_attention_decode(q, k, v, valid, n, scale=0.125, lambda_full=lam,
                                                         lambda_init=0.8, subln_weight=w, eps=1e-5, block_s=block_s,
-                                                        num_warps=warps, keys_per_split=kps)
+                                                        num_warps=warps, num_stages=stages, programs_per_sm=pps)
             try:
                 run()
                 torch.cuda.synchronize()
@@ -54,13 +55,15 @@ def main() -> None:
                 torch.cuda.synchronize()
                 ms = start.elapsed_time(end) / 20
                 rows.append({"batch": b, "context": ctx, "block_s": block_s, "num_warps": warps,
-                             "keys_per_split": kps, "us": round(1000 * ms, 1), "TB_s": round(nbytes / ms / 1e9, 3)})
+                             "programs_per_sm": pps, "num_stages": stages, "us": round(1000 * ms, 1),
+                             "TB_s": round(nbytes / ms / 1e9, 3)})
             except Exception as e:  # noqa: BLE001 - report and continue (e.g. out of resources)
                 rows.append({"batch": b, "context": ctx, "block_s": block_s, "num_warps": warps,
-                             "keys_per_split": kps, "error": type(e).__name__})
+                             "programs_per_sm": pps, "num_stages": stages, "error": type(e).__name__})
     for b, ctx in itertools.product(args.batches, args.contexts):
         sel = sorted((r for r in rows if r["batch"] == b and r["context"] == ctx and "us" in r), key=lambda r: r["us"])
-        default = next((r for r in sel if r["block_s"] == 64 and r["num_warps"] == 4 and r["keys_per_split"] == 512),
+        default = next((r for r in sel if r["block_s"] == 64 and r["num_warps"] == 4 and r["programs_per_sm"] == 4
+                        and r["num_stages"] == 2),
                        None)
         print(f"batch {b} ctx {ctx}: default {default}; best {sel[:3]}")
     print(json.dumps(rows))

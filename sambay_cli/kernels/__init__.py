@@ -49,10 +49,11 @@ for _op in (
     "causal_conv1d_update",
     "selective_scan",
     "selective_state_update",
-    "differential_attention",
+    "attention_prefill",
     "attention_decode",
     "swiglu",
     "gmu_gate",
+    "add_norm",
 ):
     register(_op, "torch", getattr(reference, _op), always, first=False)
 
@@ -96,6 +97,17 @@ def _triton_attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_
                                                   lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
 
 
+def _triton_attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_full, lambda_init,
+                              subln_weight, eps):
+    if not (_pow2(q.shape[-1]) and q.shape[-1] >= 16):
+        return reference.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, scale=scale,
+                                           lambda_full=lambda_full, lambda_init=lambda_init,
+                                           subln_weight=subln_weight, eps=eps)
+    return _triton_module().attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, scale=scale,
+                                              lambda_full=lambda_full, lambda_init=lambda_init,
+                                              subln_weight=subln_weight, eps=eps)
+
+
 def _triton_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
                            initial_state=None):
     return _triton_module().selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
@@ -121,7 +133,17 @@ def _triton_gmu_gate(x, memory):
     return _triton_module().silu_mul(x, memory, x.dtype)
 
 
+def _triton_add_norm_ok(h, *_args) -> bool:
+    return _on_cuda_with_triton(h) and h.dtype == torch.float32 and h.shape[-1] <= 65536
+
+
+def _triton_add_norm(h, delta, weight, bias, eps, rms):
+    return _triton_module().add_norm(h, delta, weight, bias, eps, rms)
+
+
 register("attention_decode", "triton", _triton_attention_decode, _on_cuda_with_triton)
+register("attention_prefill", "triton", _triton_attention_prefill, _on_cuda_with_triton)
+register("add_norm", "triton", _triton_add_norm, _triton_add_norm_ok)
 register("swiglu", "triton", _triton_swiglu, _on_cuda_with_triton)
 register("gmu_gate", "triton", _triton_gmu_gate, _on_cuda_with_triton)
 register("selective_scan", "triton", _triton_selective_scan, _on_cuda_with_triton)
@@ -168,10 +190,10 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     )
 
 
-def differential_attention(q, k, v, mask, *, scale, lambda_full, lambda_init, subln_weight, eps):
-    return resolve("differential_attention", q).fn(
-        q, k, v, mask, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init, subln_weight=subln_weight,
-        eps=eps,
+def attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_full, lambda_init, subln_weight, eps):
+    return resolve("attention_prefill", q).fn(
+        q, k, v, q_pos, k_pos, k_valid, window, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init,
+        subln_weight=subln_weight, eps=eps,
     )
 
 
@@ -190,6 +212,10 @@ def gmu_gate(x, memory):
     return resolve("gmu_gate", x).fn(x, memory)
 
 
+def add_norm(h, delta, weight, bias, eps, rms):
+    return resolve("add_norm", h).fn(h, delta, weight, bias, eps, rms)
+
+
 attention_mask = reference.attention_mask
 
 __all__ = [
@@ -200,9 +226,10 @@ __all__ = [
     "causal_conv1d_update",
     "selective_scan",
     "selective_state_update",
-    "differential_attention",
+    "attention_prefill",
     "attention_decode",
     "swiglu",
     "gmu_gate",
+    "add_norm",
     "attention_mask",
 ]

@@ -155,6 +155,19 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     return y * weight.float() if weight is not None else y
 
 
+def add_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, bias: torch.Tensor | None,
+             eps: float, rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The pre-norm residual step: h ← h + delta (float32 residual stream; skipped when delta is None), then the next
+    sub-layer's input norm(h) — LayerNorm (weight, bias) or RMSNorm — of h rounded to the weights' dtype, as the
+    official model rounds the residual before each norm. Returns (h, normed) with normed in the weights' dtype."""
+    if delta is not None:
+        h = h + delta.float()
+    x = h.to(weight.dtype)
+    if rms:
+        return h, rms_norm(x, weight, eps).to(weight.dtype)
+    return h, F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
 # --------------------------------------------------------------------------------------------------- attention
 
 
@@ -247,3 +260,29 @@ def attention_decode(
     out = differential_attention(q.unsqueeze(2), k[:, :, :n_keys], v[:, :, :n_keys], mask, scale=scale,
                                  lambda_full=lambda_full, lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
     return out[:, :, 0]
+
+
+def attention_prefill(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    q_pos: torch.Tensor,
+    k_pos: torch.Tensor,
+    k_valid: torch.Tensor,
+    window: int | None,
+    *,
+    scale: float,
+    lambda_full: torch.Tensor | None,
+    lambda_init: float,
+    subln_weight: torch.Tensor | None,
+    eps: float,
+) -> torch.Tensor:
+    """Attention of a chunk of queries at positions ``q_pos`` [Lq] over keys at ``k_pos`` ([Lk] or [B, Lk]) with
+    validity ``k_valid`` [B, Lk] (``attention_mask`` rules; ``window`` for sliding-window layers).
+    q: [B, H, Lq, d]; k, v: [B, G, Lk, d]. Returns [B, Lq, H·d] in q's dtype."""
+    mask = attention_mask(q_pos, k_pos, k_valid, window)
+    dtype = q.dtype
+    out = differential_attention(q, k.to(dtype), v.to(dtype), mask, scale=scale, lambda_full=lambda_full,
+                                 lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)  # [B, H, Lq, d]
+    bsz, h, lq, d = out.shape
+    return out.transpose(1, 2).reshape(bsz, lq, h * d).to(dtype)

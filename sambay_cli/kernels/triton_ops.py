@@ -198,110 +198,78 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, l_ptr,
                          stride_qb, stride_qh, stride_kb, stride_kh, stride_ks, stride_vb, stride_vh, stride_vs,
                          stride_valb, stride_ob, stride_oh, stride_os, stride_mb, stride_mh,
-                         S_MAX, scale,
-                         R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, SPLIT: tl.constexpr,
-                         BLOCK_S: tl.constexpr):
-    """One (batch, KV group, split) program. A KV group is a KV-head pair (2g, 2g+1) for differential attention
-    (query heads 2p / 2p+1 for p in [g·R, (g+1)·R)), or one KV head g (query heads g·R … (g+1)·R − 1).
-    Writes un-normalised partial outputs with their running max and sum."""
+                         scale, SPLIT,
+                         R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr,
+                         BLOCK_S: tl.constexpr, MP: tl.constexpr, IEEE: tl.constexpr):
+    """One (batch, KV group, split) program, on tensor cores.
+
+    A KV group is a KV-head pair (2g, 2g+1) for differential attention, or one KV head g. Its keys are read as one
+    tile K̂ = [K_2g | K_2g+1] of width W = 2·HD (or K_g, W = HD), values likewise, so each byte is loaded once for
+    every query head that uses it. The queries form a zero-padded [MP, W] tile Q̂: row r < R is stream 1 of pair
+    p = g·R + r (query head 2p, placed in the first HD columns), row R + r is stream 2 (head 2p + 1, second HD
+    columns) — so S = Q̂·K̂ᵀ gives q_2p·k_2g and q_2p+1·k_2g+1 at once, and P·V̂ gives each stream's [A(v_2g) | A(v_2g+1)].
+    Non-differential: row r is query head g·R + r over all HD columns.
+
+    The slice of keys a split owns is a share of this row's filled length (read from the device, so a CUDA graph
+    replays at any length), rounded to BLOCK_S. Writes un-normalised partial outputs with their running max and sum.
+    """
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
     sp = tl.program_id(2)
+    W: tl.constexpr = 2 * HD if DIFF else HD
+    NR: tl.constexpr = 2 * R if DIFF else R
     n_keys = tl.load(len_ptr + pid_b)
-    per_split = tl.cdiv(S_MAX, SPLIT)
+    per_split = tl.cdiv(tl.cdiv(n_keys, SPLIT), BLOCK_S) * BLOCK_S
     s_begin = sp * per_split
     s_end = tl.minimum(s_begin + per_split, n_keys)
-    offs_r = tl.arange(0, R)
-    offs_d = tl.arange(0, HD)
+    offs_m = tl.arange(0, MP)
+    offs_w = tl.arange(0, W)
+    col_head = offs_w // HD  # 0/1: which head of the pair this column belongs to (always 0 when not DIFF)
+    col_d = offs_w % HD
+    row_ok = offs_m < NR
     if DIFF:
-        q1 = tl.load(q_ptr + pid_b * stride_qb + (2 * (g * R + offs_r))[:, None] * stride_qh + offs_d[None, :])
-        q2 = tl.load(q_ptr + pid_b * stride_qb + (2 * (g * R + offs_r) + 1)[:, None] * stride_qh + offs_d[None, :])
-        q1 = q1.to(tl.float32) * scale
-        q2 = q2.to(tl.float32) * scale
-        k1_base = k_ptr + pid_b * stride_kb + (2 * g) * stride_kh
-        k2_base = k_ptr + pid_b * stride_kb + (2 * g + 1) * stride_kh
-        v1_base = v_ptr + pid_b * stride_vb + (2 * g) * stride_vh
-        v2_base = v_ptr + pid_b * stride_vb + (2 * g + 1) * stride_vh
-        m1 = tl.full((R,), float("-inf"), tl.float32)
-        m2 = tl.full((R,), float("-inf"), tl.float32)
-        l1 = tl.zeros((R,), tl.float32)
-        l2 = tl.zeros((R,), tl.float32)
-        a1a = tl.zeros((R, HD), tl.float32)
-        a1b = tl.zeros((R, HD), tl.float32)
-        a2a = tl.zeros((R, HD), tl.float32)
-        a2b = tl.zeros((R, HD), tl.float32)
-        for s0 in range(s_begin, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            ms = offs_s < s_end
-            ok = ms & (tl.load(valid_ptr + pid_b * stride_valb + offs_s, mask=ms, other=0) != 0)
-            k1 = tl.load(k1_base + offs_s[:, None] * stride_ks + offs_d[None, :], mask=ms[:, None], other=0.0)
-            k2 = tl.load(k2_base + offs_s[:, None] * stride_ks + offs_d[None, :], mask=ms[:, None], other=0.0)
-            v1 = tl.load(v1_base + offs_s[:, None] * stride_vs + offs_d[None, :], mask=ms[:, None], other=0.0)
-            v2 = tl.load(v2_base + offs_s[:, None] * stride_vs + offs_d[None, :], mask=ms[:, None], other=0.0)
-            k1 = k1.to(tl.float32)
-            k2 = k2.to(tl.float32)
-            v1 = v1.to(tl.float32)
-            v2 = v2.to(tl.float32)
-            sc1 = tl.sum(q1[:, None, :] * k1[None, :, :], axis=2)
-            sc2 = tl.sum(q2[:, None, :] * k2[None, :, :], axis=2)
-            sc1 = tl.where(ok[None, :], sc1, float("-inf"))
-            sc2 = tl.where(ok[None, :], sc2, float("-inf"))
-            n1 = tl.maximum(m1, tl.max(sc1, axis=1))
-            n2 = tl.maximum(m2, tl.max(sc2, axis=1))
-            n1s = tl.where(n1 == float("-inf"), 0.0, n1)
-            n2s = tl.where(n2 == float("-inf"), 0.0, n2)
-            p1 = tl.exp(sc1 - n1s[:, None])
-            p2 = tl.exp(sc2 - n2s[:, None])
-            c1 = tl.exp(m1 - n1s)
-            c2 = tl.exp(m2 - n2s)
-            l1 = l1 * c1 + tl.sum(p1, axis=1)
-            l2 = l2 * c2 + tl.sum(p2, axis=1)
-            a1a = a1a * c1[:, None] + tl.sum(p1[:, :, None] * v1[None, :, :], axis=1)
-            a1b = a1b * c1[:, None] + tl.sum(p1[:, :, None] * v2[None, :, :], axis=1)
-            a2a = a2a * c2[:, None] + tl.sum(p2[:, :, None] * v1[None, :, :], axis=1)
-            a2b = a2b * c2[:, None] + tl.sum(p2[:, :, None] * v2[None, :, :], axis=1)
-            m1 = n1
-            m2 = n2
-        # stream 1 rows go to slots [0, R), stream 2 rows to [R, 2R); each row holds [A(v1) | A(v2)]
-        o_base = o_ptr + pid_b * stride_ob + sp * stride_os
-        rows1 = g * 2 * R + offs_r
-        rows2 = g * 2 * R + R + offs_r
-        tl.store(o_base + rows1[:, None] * stride_oh + offs_d[None, :], a1a)
-        tl.store(o_base + rows1[:, None] * stride_oh + HD + offs_d[None, :], a1b)
-        tl.store(o_base + rows2[:, None] * stride_oh + offs_d[None, :], a2a)
-        tl.store(o_base + rows2[:, None] * stride_oh + HD + offs_d[None, :], a2b)
-        tl.store(m_ptr + pid_b * stride_mb + rows1 * stride_mh + sp, m1)
-        tl.store(m_ptr + pid_b * stride_mb + rows2 * stride_mh + sp, m2)
-        tl.store(l_ptr + pid_b * stride_mb + rows1 * stride_mh + sp, l1)
-        tl.store(l_ptr + pid_b * stride_mb + rows2 * stride_mh + sp, l2)
+        stream = offs_m // R
+        qhead = 2 * (g * R + offs_m % R) + stream
+        q_ok = row_ok[:, None] & (col_head[None, :] == stream[:, None])
+        kv_head = 2 * g + col_head
     else:
-        q = tl.load(q_ptr + pid_b * stride_qb + (g * R + offs_r)[:, None] * stride_qh + offs_d[None, :])
-        q = q.to(tl.float32) * scale
-        k_base = k_ptr + pid_b * stride_kb + g * stride_kh
-        v_base = v_ptr + pid_b * stride_vb + g * stride_vh
-        m = tl.full((R,), float("-inf"), tl.float32)
-        lsum = tl.zeros((R,), tl.float32)
-        acc = tl.zeros((R, HD), tl.float32)
-        for s0 in range(s_begin, s_end, BLOCK_S):
-            offs_s = s0 + tl.arange(0, BLOCK_S)
-            ms = offs_s < s_end
-            ok = ms & (tl.load(valid_ptr + pid_b * stride_valb + offs_s, mask=ms, other=0) != 0)
-            k = tl.load(k_base + offs_s[:, None] * stride_ks + offs_d[None, :], mask=ms[:, None], other=0.0)
-            v = tl.load(v_base + offs_s[:, None] * stride_vs + offs_d[None, :], mask=ms[:, None], other=0.0)
-            sc = tl.sum(q[:, None, :] * k.to(tl.float32)[None, :, :], axis=2)
-            sc = tl.where(ok[None, :], sc, float("-inf"))
-            n = tl.maximum(m, tl.max(sc, axis=1))
-            ns = tl.where(n == float("-inf"), 0.0, n)
-            p = tl.exp(sc - ns[:, None])
-            c = tl.exp(m - ns)
-            lsum = lsum * c + tl.sum(p, axis=1)
-            acc = acc * c[:, None] + tl.sum(p[:, :, None] * v.to(tl.float32)[None, :, :], axis=1)
-            m = n
-        rows = g * R + offs_r
-        o_base = o_ptr + pid_b * stride_ob + sp * stride_os
-        tl.store(o_base + rows[:, None] * stride_oh + offs_d[None, :], acc)
-        tl.store(m_ptr + pid_b * stride_mb + rows * stride_mh + sp, m)
-        tl.store(l_ptr + pid_b * stride_mb + rows * stride_mh + sp, lsum)
+        qhead = g * R + offs_m
+        q_ok = row_ok[:, None] & (col_head[None, :] == 0)
+        kv_head = g + col_head
+    q = tl.load(q_ptr + pid_b * stride_qb + qhead[:, None] * stride_qh + col_d[None, :], mask=q_ok, other=0.0)
+    q = (q.to(tl.float32) * scale).to(k_ptr.dtype.element_ty)
+    k_base = k_ptr + pid_b * stride_kb + kv_head[None, :] * stride_kh + col_d[None, :]
+    v_base = v_ptr + pid_b * stride_vb + kv_head[None, :] * stride_vh + col_d[None, :]
+    m = tl.full((MP,), float("-inf"), tl.float32)
+    lsum = tl.zeros((MP,), tl.float32)
+    acc = tl.zeros((MP, W), tl.float32)
+    for s0 in range(s_begin, s_end, BLOCK_S):
+        offs_s = s0 + tl.arange(0, BLOCK_S)
+        ms = offs_s < s_end
+        ok = ms & (tl.load(valid_ptr + pid_b * stride_valb + offs_s, mask=ms, other=0) != 0)
+        k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
+        v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+        if IEEE:
+            sc = tl.dot(q, tl.trans(k), input_precision="ieee")
+        else:
+            sc = tl.dot(q, tl.trans(k))
+        sc = tl.where(ok[None, :], sc, float("-inf"))
+        n = tl.maximum(m, tl.max(sc, axis=1))
+        ns = tl.where(n == float("-inf"), 0.0, n)
+        p = tl.exp(sc - ns[:, None])
+        c = tl.exp(m - ns)
+        lsum = lsum * c + tl.sum(p, axis=1)
+        if IEEE:
+            acc = acc * c[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+        else:
+            acc = acc * c[:, None] + tl.dot(p.to(v.dtype), v)
+        m = n
+    # row i of the tile is partial row g·NR + i (DIFF: stream 1 rows, then stream 2 rows; each row [A(v1) | A(v2)])
+    rows = g * NR + offs_m
+    o_base = o_ptr + pid_b * stride_ob + sp * stride_os
+    tl.store(o_base + rows[:, None] * stride_oh + offs_w[None, :], acc, mask=row_ok[:, None])
+    tl.store(m_ptr + pid_b * stride_mb + rows * stride_mh + sp, m, mask=row_ok)
+    tl.store(l_ptr + pid_b * stride_mb + rows * stride_mh + sp, lsum, mask=row_ok)
 
 
 @triton.jit
@@ -363,14 +331,24 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
         tl.store(out_ptr + pid_b * stride_outb + rows[:, None] * stride_outh + offs_w[None, :], a)
 
 
+def _sm_count(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 2
+    return _SM_COUNTS.setdefault(device.index or 0, torch.cuda.get_device_properties(device).multi_processor_count)
+
+
+_SM_COUNTS: dict[int, int] = {}
+
+
 def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
-                          splits: int | None = None, block_s: int = 32, num_warps: int | None = None,
-                          keys_per_split: int = 512):
+                          splits: int | None = None, block_s: int = 128, num_warps: int = 4, num_stages: int = 2,
+                          programs_per_sm: int = 8):
     """Decode attention for one query per sequence.
 
     q: [B, H, d]; k, v: [B, G, S_max, d] (a cache; only the first ``n_keys`` positions are read); valid: [B, S_max]
     (bool/uint8: padding and empty slots are False); n_keys: int64 tensor [B] on the device, keys per row
-    (graph-safe).
+    (graph-safe). Each row's filled length is shared among ``splits`` programs per KV group (by default enough
+    programs to give every SM ``programs_per_sm`` of them). float32 caches use IEEE-precision dots.
     Returns float32 [B, H, d] — for differential attention already normalised and scaled, heads in order.
     """
     bsz, h, d = q.shape
@@ -378,13 +356,14 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     s_max = k.shape[2]
     diff = lambda_full is not None
     r = (h // 2) // (g // 2) if diff else h // g
-    assert d == triton.next_power_of_2(d) and r == triton.next_power_of_2(r), "head_dim and H/G must be powers of 2"
-    if splits is None:
-        splits = max(1, min(64, triton.next_power_of_2(math.ceil(s_max / keys_per_split))))
-    if num_warps is None:  # tuned on H100 (tools/bench_attention_decode.py): 4 warps for few rows, 2 for many
-        num_warps = 4 if bsz <= 4 else 2
+    assert d == triton.next_power_of_2(d) and d >= 16 and r == triton.next_power_of_2(r), \
+        "head_dim (>= 16) and H/G must be powers of 2"
     width = 2 * d if diff else d
     groups = g // 2 if diff else g
+    if splits is None:
+        want = math.ceil(programs_per_sm * _sm_count(q.device) / (bsz * groups))
+        splits = max(1, min(64, triton.next_power_of_2(want), triton.next_power_of_2(math.ceil(s_max / block_s))))
+    n_rows = 2 * r if diff else r
     o = torch.empty(bsz, h, splits, width, device=q.device, dtype=torch.float32)
     m = torch.empty(bsz, h, splits, device=q.device, dtype=torch.float32)
     lsum = torch.empty(bsz, h, splits, device=q.device, dtype=torch.float32)
@@ -394,7 +373,8 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         q, k, v, valid, n_keys, o, m, lsum,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         valid.stride(0), o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
-        s_max, scale, R=r, HD=d, DIFF=diff, SPLIT=splits, BLOCK_S=block_s, num_warps=num_warps,
+        scale, splits, R=r, HD=d, DIFF=diff, BLOCK_S=block_s, MP=max(16, triton.next_power_of_2(n_rows)),
+        IEEE=k.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     if diff:
         out = torch.empty(bsz, h // 2, 2 * d, device=q.device, dtype=torch.float32)
@@ -410,6 +390,145 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         R=r, HD=d, DIFF=diff, SPLIT=splits, W=width,
     )
     return out.view(bsz, h, d)
+
+
+# ------------------------------------------------------------------------------------------ attention prefill
+
+
+@triton.jit
+def _qk(q, k, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(q, tl.trans(k), input_precision="ieee")
+    return tl.dot(q, tl.trans(k))
+
+
+@triton.jit
+def _pv(p, v, IEEE: tl.constexpr):
+    if IEEE:
+        return tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    return tl.dot(p.to(v.dtype), v)
+
+
+@triton.jit
+def _softmax_step(s, m, lsum):
+    """One online-softmax step over a block of scores s [M, N] (−inf = masked): new max, rescale factor, P, sum."""
+    n = tl.maximum(m, tl.max(s, axis=1))
+    ns = tl.where(n == float("-inf"), 0.0, n)
+    p = tl.exp(s - ns[:, None])
+    c = tl.exp(m - ns)
+    return n, c, p, lsum * c + tl.sum(p, axis=1)
+
+
+@triton.jit
+def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, kvalid_ptr, lam_ptr, w_ptr, out_ptr,
+                         stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                         stride_vb, stride_vh, stride_vl, stride_kpb, stride_kvb, stride_ob, stride_ol,
+                         Lq, Lk, NP, window, scale, lambda_init, eps,
+                         R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, HAS_WINDOW: tl.constexpr,
+                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+    """Flash-style attention over a chunk of queries: one program per (block of queries, row, head pair or head).
+
+    Differential (DIFF): pair p = query heads (2p, 2p+1) reads KV heads (2g, 2g+1), g = p // R; the two softmax streams
+    S1 = q_2p·k_2gᵀ and S2 = q_2p+1·k_2g+1ᵀ each multiply V̂ = [v_2g | v_2g+1] (one [BLOCK_N, 2·HD] tile), and the
+    epilogue forms RMSNorm(A1 − λ·A2)·(1 − λ_init) and writes heads 2p, 2p+1. Plain: head p reads KV head p // R.
+    Visibility as ``reference.attention_mask``: valid, not in the future, inside the window; key blocks with no
+    visible key for this query block are skipped (causal and sliding-window halves cost nothing).
+    """
+    pid_m = tl.program_id(0)
+    pid_bp = tl.program_id(1)
+    b = (pid_bp // NP).to(tl.int64)
+    p = pid_bp % NP
+    W: tl.constexpr = 2 * HD if DIFF else HD
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HD)
+    offs_w = tl.arange(0, W)
+    m_ok = offs_m < Lq
+    q_pos = tl.load(qpos_ptr + offs_m, mask=m_ok, other=-1)
+    q_lo = tl.min(tl.where(m_ok, q_pos, 2 ** 62), axis=0)
+    q_hi = tl.max(q_pos, axis=0)
+    g = p // R
+    head_a = 2 * p if DIFF else p
+    kv_a = 2 * g if DIFF else g
+    qa = tl.load(q_ptr + b * stride_qb + head_a * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                 mask=m_ok[:, None], other=0.0)
+    qa = (qa.to(tl.float32) * scale).to(k_ptr.dtype.element_ty)
+    ka_base = k_ptr + b * stride_kb + kv_a * stride_kh + offs_d[None, :]
+    # V̂ columns: [v_2g | v_2g+1] for differential attention, v_g otherwise
+    v_base = v_ptr + b * stride_vb + (kv_a + offs_w // HD)[None, :] * stride_vh + (offs_w % HD)[None, :]
+    ma = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+    la = tl.zeros((BLOCK_M,), tl.float32)
+    acca = tl.zeros((BLOCK_M, W), tl.float32)
+    if DIFF:
+        qb = tl.load(q_ptr + b * stride_qb + (head_a + 1) * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
+                     mask=m_ok[:, None], other=0.0)
+        qb = (qb.to(tl.float32) * scale).to(k_ptr.dtype.element_ty)
+        kb_base = ka_base + stride_kh
+        mb = tl.full((BLOCK_M,), float("-inf"), tl.float32)
+        lb = tl.zeros((BLOCK_M,), tl.float32)
+        accb = tl.zeros((BLOCK_M, W), tl.float32)
+    for n0 in range(0, Lk, BLOCK_N):
+        offs_n = n0 + tl.arange(0, BLOCK_N)
+        n_ok = offs_n < Lk
+        k_pos = tl.load(kpos_ptr + b * stride_kpb + offs_n, mask=n_ok, other=-1)
+        k_ok = n_ok & (k_pos >= 0) & (tl.load(kvalid_ptr + b * stride_kvb + offs_n, mask=n_ok, other=0) != 0)
+        k_ok = k_ok & (k_pos <= q_hi)
+        if HAS_WINDOW:
+            k_ok = k_ok & (k_pos > q_lo - window)
+        if tl.max(k_ok.to(tl.int32), axis=0) > 0:
+            vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
+            if HAS_WINDOW:
+                vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
+            v = tl.load(v_base + offs_n[:, None] * stride_vl, mask=n_ok[:, None], other=0.0)
+            ka = tl.load(ka_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0)
+            sa = tl.where(vis, _qk(qa, ka, IEEE), float("-inf"))
+            ma, ca, pa, la = _softmax_step(sa, ma, la)
+            acca = acca * ca[:, None] + _pv(pa, v, IEEE)
+            if DIFF:
+                kb = tl.load(kb_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0)
+                sb = tl.where(vis, _qk(qb, kb, IEEE), float("-inf"))
+                mb, cb, pb, lb = _softmax_step(sb, mb, lb)
+                accb = accb * cb[:, None] + _pv(pb, v, IEEE)
+    o = acca / tl.where(la == 0.0, 1.0, la)[:, None]  # rows with no visible key give zeros, as the reference
+    if DIFF:
+        o = o - tl.load(lam_ptr) * (accb / tl.where(lb == 0.0, 1.0, lb)[:, None])
+        o = o * tl.rsqrt(tl.sum(o * o, axis=1) / W + eps)[:, None]
+        o = o * tl.load(w_ptr + offs_w).to(tl.float32)[None, :] * (1.0 - lambda_init)
+    out = out_ptr + b * stride_ob + offs_m[:, None] * stride_ol + head_a * HD + offs_w[None, :]
+    tl.store(out, o.to(out_ptr.dtype.element_ty), mask=m_ok[:, None])
+
+
+def attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_full, lambda_init, subln_weight,
+                      eps, block_m: int = 64, block_n: int = 64, num_warps: int | None = None, num_stages: int = 2):
+    """Attention of a chunk of queries over its keys (see ``reference.attention_prefill``).
+
+    q: [B, H, Lq, d]; k, v: [B, G, Lk, d] (any strides with unit last stride); q_pos [Lq]; k_pos [Lk] or [B, Lk];
+    k_valid [B, Lk]. Returns [B, Lq, H·d] in q's dtype.
+    """
+    bsz, h, lq, d = q.shape
+    g, lk = k.shape[1], k.shape[2]
+    diff = lambda_full is not None
+    n_prog = h // 2 if diff else h
+    r = n_prog // (g // 2) if diff else h // g
+    assert d == triton.next_power_of_2(d) and d >= 16, "head_dim must be a power of 2 (>= 16)"
+    out = torch.empty(bsz, lq, h * d, device=q.device, dtype=q.dtype)
+    if k_valid.dtype == torch.bool:
+        k_valid = k_valid.view(torch.uint8)
+    if k_pos.dim() == 1:
+        k_pos = k_pos.unsqueeze(0)
+    if num_warps is None:
+        num_warps = 8 if diff else 4
+    lam = lambda_full.reshape(1).float() if diff else q_pos
+    w = subln_weight if diff else q_pos
+    _attn_prefill_kernel[(triton.cdiv(lq, block_m), bsz * n_prog)](
+        q, k, v, q_pos, k_pos, k_valid, lam, w, out,
+        q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+        v.stride(0), v.stride(1), v.stride(2), k_pos.stride(0) if k_pos.shape[0] > 1 else 0, k_valid.stride(0),
+        out.stride(0), out.stride(1),
+        lq, lk, n_prog, int(window or 0), float(scale), float(lambda_init), float(eps),
+        R=r, HD=d, DIFF=diff, HAS_WINDOW=window is not None, BLOCK_M=block_m, BLOCK_N=block_n,
+        IEEE=k.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+    )
+    return out
 
 
 # --------------------------------------------------------------------------------------------- gated products
@@ -443,3 +562,44 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.
     _silu_mul_kernel[(rows, triton.cdiv(cols, block))](a2, b2, out, cols, a2.stride(0), b2.stride(0), out.stride(0),
                                                        BLOCK=block)
     return out.reshape(shape)
+
+
+# ------------------------------------------------------------------------------------------- residual + norm
+
+
+@triton.jit
+def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
+                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < N
+    h = tl.load(h_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
+    if HAS_DELTA:
+        h += tl.load(d_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(hout_ptr + row * N + offs, h, mask=ok)
+    x = h.to(x_ptr.dtype.element_ty).to(tl.float32)  # the residual rounded to the model dtype, as the reference
+    if RMS:
+        y = x * tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+    else:
+        xc = tl.where(ok, x - tl.sum(x, axis=0) / N, 0.0)
+        y = xc * tl.rsqrt(tl.sum(xc * xc, axis=0) / N + eps)
+    y = y * tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(x_ptr + row * N + offs, y.to(x_ptr.dtype.element_ty), mask=ok)
+
+
+def add_norm(h, delta, weight, bias, eps, rms):
+    """h ← h + delta (float32), normed = LayerNorm/RMSNorm(h in the weights' dtype): one pass, one program per row."""
+    n = h.shape[-1]
+    h = h.contiguous()
+    x = torch.empty(h.shape, device=h.device, dtype=weight.dtype)
+    h_out = torch.empty_like(h) if delta is not None else h
+    d = delta.contiguous() if delta is not None else h
+    block = triton.next_power_of_2(n)
+    _add_norm_kernel[(h.numel() // n,)](
+        h, d, weight, bias if bias is not None else weight, h_out, x, n, float(eps),
+        HAS_DELTA=delta is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block,
+        num_warps=max(1, min(16, block // 256)),
+    )
+    return h_out, x

@@ -48,15 +48,18 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x32 = x.float()
-        y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
-        return (y * self.weight.float()).to(self.weight.dtype)
+        return kernels.reference.rms_norm(x, self.weight, self.eps).to(self.weight.dtype)
 
 
 def make_norm(config: SambaYConfig, dim: int) -> nn.Module:
     if config.norm_type == "rmsnorm":
         return RMSNorm(dim, config.layer_norm_eps)
     return nn.LayerNorm(dim, eps=config.layer_norm_eps)
+
+
+def add_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """h ← h + delta on the float32 residual stream, and the next sub-layer's input norm(h) — one fused kernel."""
+    return kernels.add_norm(h, delta, norm.weight, getattr(norm, "bias", None), norm.eps, isinstance(norm, RMSNorm))
 
 
 # ----------------------------------------------------------------------------------------------------- MLP
@@ -229,18 +232,6 @@ class Attention(nn.Module):
         b, length, _ = t.shape
         return t.view(b, length, n, self.head_dim).transpose(1, 2)  # [B, n, L, d]
 
-    def _attend(self, q, k, v, mask) -> torch.Tensor:
-        da = self.inner_cross_attn
-        out = kernels.differential_attention(
-            q, k, v, mask, scale=self.scale,
-            lambda_full=da.lambda_full(self.lambda_init) if da is not None else None,
-            lambda_init=self.lambda_init,
-            subln_weight=da.subln.weight if da is not None else None,
-            eps=da.subln.eps if da is not None else 1e-5,
-        )  # [B, H, Lq, d] f32
-        b, _, lq, _ = out.shape
-        return out.transpose(1, 2).reshape(b, lq, self.num_heads * self.head_dim)
-
     def _decode(self, x: torch.Tensor, cache: SambaYCache) -> torch.Tensor:
         """One new token per row (x: [B, 1, C]): write its K/V, then attend over the ring / shared KV."""
         dtype = x.dtype
@@ -308,8 +299,14 @@ class Attention(nn.Module):
             if keep is not None:
                 q = q[:, :, q.shape[2] - keep:]
                 q_pos = positions[positions.numel() - keep:]
-        mask = kernels.attention_mask(q_pos, k_pos, k_valid, self.window)
-        out = self._attend(q, k.to(dtype), v.to(dtype), mask).to(dtype)
+        da = self.inner_cross_attn
+        out = kernels.attention_prefill(
+            q, k, v, q_pos, k_pos, k_valid, self.window, scale=self.scale,
+            lambda_full=da.lambda_full(self.lambda_init) if da is not None else None,
+            lambda_init=self.lambda_init,
+            subln_weight=da.subln.weight if da is not None else None,
+            eps=da.subln.eps if da is not None else 1e-5,
+        )  # [B, L, H·d] in x's dtype
         return self.out_proj(out)
 
 
@@ -331,10 +328,9 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = make_norm(config, config.hidden_size)
         self.mlp = SwiGLU(config)
 
-    def forward(self, h, *, cache, positions, decode, memory, keep):
-        """h: float32 residual stream [B, L, C]. Returns (h, memory)."""
-        dtype = self.input_layernorm.weight.dtype
-        x = self.input_layernorm(h.to(dtype))
+    def forward(self, h, x, *, next_norm, cache, positions, decode, memory, keep):
+        """h: float32 residual stream [B, L, C]; x: this layer's normed input (the previous layer computed it with
+        its last residual add). Returns (h, next_norm(h) for the next layer, memory)."""
         if self.kind in (MAMBA, MAMBA_MEMORY):
             a, mem = self.attn(x, cache, decode)
             if mem is not None:
@@ -346,9 +342,9 @@ class DecoderLayer(nn.Module):
             if self.kind == FULL_ATTENTION and keep is not None:
                 h = h[:, h.shape[1] - keep:]  # the cross-decoder only needs the kept positions
                 memory = memory[:, memory.shape[1] - keep:] if memory is not None else None
-        h = h + a.float()
-        h = h + self.mlp(self.post_attention_layernorm(h.to(dtype))).float()
-        return h, memory
+        h, x = add_norm(h, a, self.post_attention_layernorm)
+        h, x = add_norm(h, self.mlp(x), next_norm)
+        return h, x, memory
 
 
 @dataclass
@@ -442,13 +438,16 @@ class SambaYForCausalLM(nn.Module):
         hidden = [h] if output_hidden_states else None
         memory = None
         kv_layer = self.config.kv_layer
-        for i, layer in enumerate(self.model.layers):
+        layers = self.model.layers
+        _, x = add_norm(h, None, layers[0].input_layernorm)
+        for i, layer in enumerate(layers):
             if keep == 0 and i >= kv_layer:
                 # only the shared KV is needed from layer N/2+1; no queries, no cross-decoder
-                x = layer.input_layernorm(h.to(layer.input_layernorm.weight.dtype))
                 self._write_shared_kv(layer.attn, x, cache)
                 break
-            h, memory = layer(h, cache=cache, positions=positions, decode=decode, memory=memory, keep=keep)
+            next_norm = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.model.final_layernorm
+            h, x, memory = layer(h, x, next_norm=next_norm, cache=cache, positions=positions, decode=decode,
+                                 memory=memory, keep=keep)
             if hidden is not None:
                 hidden.append(h)
         if decode:
@@ -458,7 +457,7 @@ class SambaYForCausalLM(nn.Module):
         if keep == 0:
             return ForwardOutput(logits=None)
         raw = h
-        normed = self.model.final_layernorm(h.to(self.dtype))
+        normed = x  # the final norm, fused into the last layer's residual add
         if hidden is not None:
             hidden[-1] = normed.float()
         if logits_to_keep is not None:

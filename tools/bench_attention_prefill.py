@@ -1,0 +1,69 @@
+#!/usr/bin/env python3
+"""Time the Triton prefill attention on the official head layout for several launch configurations (GPU).
+
+    python tools/bench_attention_prefill.py --chunk 2048 --past 0 2048 30720
+
+Reports µs per call and TFLOP/s of the executed (visible) score/value products, both streams.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from sambay_cli.kernels import triton_ops  # noqa: E402
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chunk", type=int, default=2048)
+    ap.add_argument("--past", type=int, nargs="+", default=[0, 2048, 30720])
+    ap.add_argument("--window", type=int, default=0, help="sliding window (0: full attention)")
+    args = ap.parse_args()
+    h, g, d = 40, 20, 64
+    dev = "cuda"
+    for past in args.past:
+        lk = past + args.chunk
+        q = torch.randn(1, h, args.chunk, d, device=dev, dtype=torch.bfloat16)
+        k = torch.randn(1, g, lk, d, device=dev, dtype=torch.bfloat16)
+        v = torch.randn_like(k)
+        k_pos = torch.arange(lk, device=dev)
+        valid = torch.ones(1, lk, dtype=torch.bool, device=dev)
+        window = args.window or None
+        visible = sum(min(past + i + 1, window or lk) for i in range(args.chunk))
+        flops = 2 * 2 * d * h * visible * 1.5  # QK (d) and PV (2d) per stream, two streams per head pair
+        best = []
+        kw = dict(scale=0.125, lambda_full=torch.tensor(0.3, device=dev), lambda_init=0.8,
+                  subln_weight=torch.ones(2 * d, device=dev), eps=1e-5)
+        inputs = (q, k, v, k_pos[past:], k_pos, valid, window)
+        for bm, bn, warps, stages in itertools.product((64, 128), (32, 64), (4, 8), (2, 3)):
+            def run(bm=bm, bn=bn, warps=warps, stages=stages, inputs=inputs, kw=kw):
+                return triton_ops.attention_prefill(*inputs, block_m=bm, block_n=bn, num_warps=warps,
+                                                    num_stages=stages, **kw)
+            try:
+                run()
+                torch.cuda.synchronize()
+                ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+                ev[0].record()
+                for _ in range(5):
+                    run()
+                ev[1].record()
+                torch.cuda.synchronize()
+                ms = ev[0].elapsed_time(ev[1]) / 5
+                best.append((ms, bm, bn, warps, stages))
+            except Exception as e:  # noqa: BLE001 - report and continue (out of resources)
+                print(f"bm {bm} bn {bn} warps {warps} stages {stages}: {type(e).__name__}")
+        best.sort()
+        for ms, bm, bn, warps, stages in best[:4]:
+            print(f"past {past} chunk {args.chunk} window {window}: {1000 * ms:.0f} us  {flops / ms / 1e9:.0f} TFLOP/s  "
+                  f"(block_m {bm}, block_n {bn}, warps {warps}, stages {stages})")
+
+
+if __name__ == "__main__":
+    main()
