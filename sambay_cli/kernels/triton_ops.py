@@ -120,14 +120,27 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 
 
 @triton.jit
+def _ssm_combine(a1, b1, a2, b2):
+    """Compose two steps of s ← a·s + b (first (a1, b1), then (a2, b2))."""
+    return a1 * a2, a2 * b1 + b2
+
+
+@triton.jit
 def _scan_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0_ptr, y_ptr, sout_ptr, D, L,
                  stride_ub, stride_ud, stride_ut, stride_dtb, stride_dtd, stride_dtt, stride_bb, stride_bn, stride_bt,
                  stride_cb, stride_cn, stride_ct, stride_zb, stride_zd, stride_zt, stride_yb, stride_yd,
                  N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-                 HAS_S0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr):
+                 HAS_S0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+    """Selective scan over time in chunks of BLOCK_T steps for a block of channels.
+
+    Each chunk is loaded as [BLOCK_D, BLOCK_T] tiles; for every state n the recurrence s_t = exp(Δ_t·A_n)·s_{t−1} +
+    Δ_t·u_t·B_t,n is solved for the whole chunk at once by a parallel (associative) scan of the affine maps, started
+    from the carried state; y_t = Σ_n s_t,n·C_t,n (+ D·u_t), gated by silu(z_t).
+    """
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
+    offs_t = tl.arange(0, BLOCK_T)
     md = offs_d < D
     m2 = md[:, None]
     a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
@@ -140,33 +153,48 @@ def _scan_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0_p
         dvec = tl.load(d_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_DTB:
         dtb = tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    u_row = u_ptr + pid_b * stride_ub + offs_d * stride_ud
-    dt_row = dt_ptr + pid_b * stride_dtb + offs_d * stride_dtd
-    y_row = y_ptr + pid_b * stride_yb + offs_d * stride_yd
-    z_row = z_ptr + pid_b * stride_zb + offs_d * stride_zd
-    b_col = b_ptr + pid_b * stride_bb + offs_n * stride_bn
-    c_col = c_ptr + pid_b * stride_cb + offs_n * stride_cn
-    for t in range(L):
-        u = tl.load(u_row + t * stride_ut, mask=md, other=0.0).to(tl.float32)
-        dt = tl.load(dt_row + t * stride_dtt, mask=md, other=0.0).to(tl.float32)
+    u_row = u_ptr + pid_b * stride_ub + offs_d[:, None] * stride_ud
+    dt_row = dt_ptr + pid_b * stride_dtb + offs_d[:, None] * stride_dtd
+    y_row = y_ptr + pid_b * stride_yb + offs_d[:, None] * stride_yd
+    z_row = z_ptr + pid_b * stride_zb + offs_d[:, None] * stride_zd
+    b_col = b_ptr + pid_b * stride_bb
+    c_col = c_ptr + pid_b * stride_cb
+    for t0 in range(0, L, BLOCK_T):
+        tt = t0 + offs_t
+        mt = tt < L
+        mdt = m2 & mt[None, :]
+        u = tl.load(u_row + tt[None, :] * stride_ut, mask=mdt, other=0.0).to(tl.float32)
+        dt = tl.load(dt_row + tt[None, :] * stride_dtt, mask=mdt, other=0.0).to(tl.float32)
         if HAS_DTB:
-            dt += dtb
+            dt += dtb[:, None]
         if SOFTPLUS:
             dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        bv = tl.load(b_col + t * stride_bt).to(tl.float32)
-        cv = tl.load(c_col + t * stride_ct).to(tl.float32)
-        s = tl.exp(dt[:, None] * a) * s + (dt * u)[:, None] * bv[None, :]
-        y = tl.sum(s * cv[None, :], axis=1)
+        dt = tl.where(mt[None, :], dt, 0.0)  # steps past the end leave the state as it is: exp(0) = 1, no input
+        du = dt * u
+        y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
+        for n in tl.static_range(N):
+            pick = (offs_n == n)[None, :]
+            a_n = tl.sum(tl.where(pick, a, 0.0), axis=1)
+            s_n = tl.sum(tl.where(pick, s, 0.0), axis=1)
+            b_n = tl.load(b_col + n * stride_bn + tt * stride_bt, mask=mt, other=0.0).to(tl.float32)
+            c_n = tl.load(c_col + n * stride_cn + tt * stride_ct, mask=mt, other=0.0).to(tl.float32)
+            decay, inp = tl.associative_scan((tl.exp(dt * a_n[:, None]), du * b_n[None, :]), axis=1,
+                                             combine_fn=_ssm_combine)
+            h = decay * s_n[:, None] + inp  # the state s_t,n for every step of the chunk
+            y += h * c_n[None, :]
+            s_last = tl.sum(tl.where((offs_t == BLOCK_T - 1)[None, :], h, 0.0), axis=1)
+            s = tl.where(pick, s_last[:, None], s)
         if HAS_D:
-            y += dvec * u
+            y += dvec[:, None] * u
         if HAS_Z:
-            z = tl.load(z_row + t * stride_zt, mask=md, other=0.0).to(tl.float32)
+            z = tl.load(z_row + tt[None, :] * stride_zt, mask=mdt, other=0.0).to(tl.float32)
             y = y * (z / (1.0 + tl.exp(-z)))
-        tl.store(y_row + t, y, mask=md)
+        tl.store(y_row + tt[None, :], y, mask=mdt)
     tl.store(sout_ptr + state_off, s, mask=m2)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None):
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
+                   block_d: int = 16, block_t: int = 64, num_warps: int = 4):
     """Triton version of reference.selective_scan: returns (y float32 [B, D, L], final state float32 [B, D, N])."""
     bsz, dim, length = u.shape
     n = A.shape[-1]
@@ -176,8 +204,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     s_out = torch.empty(bsz, dim, n, device=u.device, dtype=torch.float32)
     s0 = initial_state.float().contiguous() if initial_state is not None else None
     dummy = A
-    block = 32
-    grid = (bsz, triton.cdiv(dim, block))
+    grid = (bsz, triton.cdiv(dim, block_d))
     _scan_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, s0 if s0 is not None else dummy, y, s_out, dim, length,
@@ -186,7 +213,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, z.stride(2) if z is not None else 0,
         y.stride(0), y.stride(1),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_S0=s0 is not None,
-        SOFTPLUS=delta_softplus, BLOCK_D=block,
+        SOFTPLUS=delta_softplus, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
     )
     return y, s_out
 
