@@ -194,7 +194,7 @@ def _scan_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0_p
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
-                   block_d: int = 16, block_t: int = 64, num_warps: int = 4):
+                   block_d: int = 16, block_t: int = 32, num_warps: int = 2):
     """Triton version of reference.selective_scan: returns (y float32 [B, D, L], final state float32 [B, D, N])."""
     bsz, dim, length = u.shape
     n = A.shape[-1]
