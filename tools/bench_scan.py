@@ -24,6 +24,7 @@ def main() -> None:
     ap.add_argument("--batch", type=int, default=1)
     ap.add_argument("--configs", nargs="+", default=["16,64,4", "8,128,4", "32,32,4", "4,128,2", "16,32,2"],
                     help="block_d,block_t,num_warps triples to time")
+    ap.add_argument("--mamba", action="store_true", help="also time mamba-ssm's CUDA scan (if built)")
     args = ap.parse_args()
     b, d, n, length, dev = args.batch, 5120, 16, args.length, "cuda"
     u, z = (torch.randn(b, d, length, device=dev) for _ in range(2))
@@ -51,6 +52,20 @@ def main() -> None:
             rows.append((ev[0].elapsed_time(ev[1]) / 5, bd, bt, warps))
         except Exception as e:  # noqa: BLE001 - report and continue (out of resources)
             print(f"block_d {bd} block_t {bt} warps {warps}: {type(e).__name__}")
+    if args.mamba:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+
+        delta_c = delta.contiguous()
+        selective_scan_fn(u, delta_c, A, B, C, D, z, dtb, delta_softplus=True, return_last_state=True)
+        torch.cuda.synchronize()
+        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
+        ev[0].record()
+        for _ in range(5):
+            selective_scan_fn(u, delta_c, A, B, C, D, z, dtb, delta_softplus=True, return_last_state=True)
+        ev[1].record()
+        torch.cuda.synchronize()
+        ms = ev[0].elapsed_time(ev[1]) / 5
+        print(f"L {length} b {b}: mamba-ssm CUDA scan {1000 * ms:.0f} us  {nbytes / ms / 1e9:.2f} TB/s")
     rows.sort()
     for ms, bd, bt, warps in rows[:6]:
         print(f"L {length} b {b}: {1000 * ms:.0f} us  {nbytes / ms / 1e9:.2f} TB/s  (block_d {bd}, block_t {bt}, "
