@@ -44,8 +44,12 @@ def fill_cache(cache, context: int, seed: int = 1) -> None:
     """Pretend ``context`` positions were processed: random K/V, valid masks, small random recurrent states."""
     g = torch.Generator(device=cache.device).manual_seed(seed)
     if cache.kv_k is not None:
-        cache.kv_k[:, :, :context].normal_(generator=g)
-        cache.kv_v[:, :, :context].normal_(generator=g)
+        for t in (cache.kv_k, cache.kv_v):
+            if t.dtype == torch.float8_e4m3fn:  # no normal_ for fp8: one row at a time through float32
+                for row in t:
+                    row[:, :context] = torch.randn(row[:, :context].shape, generator=g, device=t.device).to(t.dtype)
+            else:
+                t[:, :, :context].normal_(generator=g)
     cache.kv_valid[:, :context] = True
     for t in list(cache.swa_k.values()) + list(cache.swa_v.values()):
         t.normal_(generator=g)
@@ -90,15 +94,17 @@ class DecodeBytes:
         return self.weights + self.shared_kv + self.swa + self.states
 
 
-def decode_bytes(cfg: SambaYConfig, model: SambaYForCausalLM, batch: int, context: int, kv_bytes: int) -> DecodeBytes:
+def decode_bytes(cfg: SambaYConfig, model: SambaYForCausalLM, batch: int, context: int, kv_bytes: int,
+                 swa_bytes: int | None = None) -> DecodeBytes:
     """Bytes a decode step must move: every weight once (the tied embedding as lm_head; the embedding lookup is
-    negligible), the shared KV read by layer N/2+1 and every cross layer, the SWA windows, Mamba states read+written."""
+    negligible), the shared KV read by layer N/2+1 and every cross layer (``kv_bytes`` per element), the SWA windows
+    (``swa_bytes`` per element, default ``kv_bytes``), Mamba states read+written."""
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
     types = cfg.layer_types
     kv_readers = sum(1 for t in types if t in ("full_attention", "cross_attention"))
-    per_pos = 2 * cfg.num_key_value_heads * cfg.head_dim * kv_bytes
-    shared = kv_readers * batch * context * per_pos
-    swa = sum(1 for t in types if t == SWA) * batch * min(cfg.sliding_window, context) * per_pos
+    per_pos = 2 * cfg.num_key_value_heads * cfg.head_dim
+    shared = kv_readers * batch * context * per_pos * kv_bytes
+    swa = sum(1 for t in types if t == SWA) * batch * min(cfg.sliding_window, context) * per_pos * (swa_bytes or kv_bytes)
     mamba = sum(1 for t in types if t in MAMBA_TYPES)
     states = mamba * batch * cfg.d_inner * (cfg.mamba_d_state + cfg.mamba_d_conv - 1) * 4 * 2
     return DecodeBytes(weights, shared, swa, states)
@@ -160,7 +166,8 @@ def _time_decode(model, cache, batch: int, steps: int, graphs: bool) -> float:
 def bench_sambay(model, cfg, *, batches, contexts, steps, prompt_len, gen_len, graphs, copy_bw,
                  prefill_lens=None) -> dict:
     device = model.device
-    kv_bytes = torch.tensor([], dtype=model.dtype).element_size()
+    swa_bytes = torch.tensor([], dtype=model.dtype).element_size()
+    kv_bytes = torch.tensor([], dtype=model.kv_cache_dtype or model.dtype).element_size()
     out: dict = {"decode": [], "prefill": []}
     prefill_lens = prefill_lens or [prompt_len]
     # prefill: chunked like the engine, last-position logits
@@ -191,7 +198,7 @@ def bench_sambay(model, cfg, *, batches, contexts, steps, prompt_len, gen_len, g
                 continue
             fill_cache(cache, ctx)
             step_s = _time_decode(model, cache, b, steps, graphs)
-            moved = decode_bytes(cfg, model, b, ctx, kv_bytes)
+            moved = decode_bytes(cfg, model, b, ctx, kv_bytes, swa_bytes)
             r = {"batch": b, "context": ctx, "ms_per_step": 1000 * step_s, "tokens_per_s": b / step_s,
                  "ms_per_token_per_sequence": 1000 * step_s, "bytes_per_step": moved.total,
                  "bytes_breakdown": moved.__dict__, "achieved_bandwidth": moved.total / step_s,
@@ -280,9 +287,11 @@ def bench_dense_hf(device, dtype, *, contexts, steps, batch: int = 1) -> dict:
 def run_bench(model_path: str | None, *, config: str | None, prompt_len: int | list[int], gen_len: int,
               batches: list[int],
               contexts: list[int] | None, steps: int, device: str | None, dtype: str | None, baseline: str | None,
-              graphs: bool, json_out: bool) -> dict:
+              graphs: bool, json_out: bool, kv_cache_dtype: str = "auto") -> dict:
     from .loading import load_model, parse_device, parse_dtype
+    from .textgen import kv_cache_dtype as parse_kv_dtype
 
+    kv_dtype = parse_kv_dtype(kv_cache_dtype)
     dev = parse_device(device)
     dt = parse_dtype(dtype, dev)
     if model_path is None and config is None:
@@ -301,6 +310,7 @@ def run_bench(model_path: str | None, *, config: str | None, prompt_len: int | l
         model = load_model(model_path, dtype=dt, device=dev)
         cfg = model.config
         source = model_path
+    model.kv_cache_dtype = kv_dtype
     prefill_lens = sorted(prompt_len) if isinstance(prompt_len, list) else [prompt_len]
     prompt_len = max(prefill_lens)
     total = prompt_len + gen_len
@@ -310,7 +320,7 @@ def run_bench(model_path: str | None, *, config: str | None, prompt_len: int | l
         raise SambaYError(f"contexts must not exceed --prompt-len + --gen-len ({total})")
     bw = copy_bandwidth(dev) if dev.type == "cuda" else None
     result = {"model": source, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-              "dtype": str(dt).replace("torch.", ""), "torch": torch.__version__,
+              "dtype": str(dt).replace("torch.", ""), "kv_cache_dtype": kv_cache_dtype, "torch": torch.__version__,
               "copy_bandwidth_bytes_per_s": bw, "prompt_len": prompt_len, "gen_len": gen_len, "graphs": graphs,
               "date": time.strftime("%Y-%m-%d"),
               "method": "caches filled synthetically to each context; decode steps timed there; full-length times "

@@ -85,6 +85,8 @@ def generate(
     batch_size: int = typer.Option(16, "--batch-size", help="Batch mode: prompts decoded together."),
     max_context: int | None = typer.Option(None, "--max-context", help="Refuse prompts whose length plus "
                                               "--max-tokens exceeds this many tokens."),
+    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="Storage of the shared KV cache: auto (the "
+                                       "model dtype) or fp8 (float8 e4m3: half the long-context memory traffic)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object (text, tokens, stats, versions)."),
 ) -> None:
     """Generate text with exact cached decoding, streaming the answer (reasoning shown dimmed).
@@ -98,7 +100,7 @@ def generate(
         model=model, prompt=prompt, prompt_file=prompt_file, input_path=input_path, output_path=output_path,
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, min_p=min_p, seed=seed,
         stop=list(stop), raw=raw, system=system, tokenizer=tokenizer, device=device, dtype=dtype,
-        batch_size=batch_size, max_context=max_context, json_out=json_out,
+        batch_size=batch_size, max_context=max_context, kv_cache_dtype=kv_cache_dtype, json_out=json_out,
     ))
     if code:
         raise typer.Exit(code)
@@ -261,6 +263,8 @@ def bench(
     baseline: str | None = typer.Option(None, "--baseline", help="'dense': also run a dense Phi-4-mini-shaped "
                                         "transformer in Hugging Face transformers on the same device."),
     no_graphs: bool = typer.Option(False, "--no-graphs", help="Decode eagerly instead of replaying CUDA graphs."),
+    kv_cache_dtype: str = typer.Option("auto", "--kv-cache-dtype", help="Storage of the shared KV cache: auto (the "
+                                       "model dtype) or fp8 (float8 e4m3)."),
     json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
 ) -> None:
     """Measure prefill and decode throughput, memory and bandwidth against the roofline (and a dense baseline).
@@ -274,7 +278,7 @@ def bench(
         raise SambaYError("--baseline takes 'dense'")
     run_bench(model, config=config, prompt_len=parse_batches(prompt_len), gen_len=gen_len, batches=parse_batches(batch),
               contexts=list(contexts) or None, steps=steps, device=device, dtype=dtype, baseline=baseline,
-              graphs=not no_graphs, json_out=json_out)
+              graphs=not no_graphs, json_out=json_out, kv_cache_dtype=kv_cache_dtype)
 
 
 # ------------------------------------------------------------------------------------------------------ quantize

@@ -203,6 +203,7 @@ class GenerateOptions:
     batch_size: int
     max_context: int | None
     json_out: bool
+    kv_cache_dtype: str = "auto"
 
 
 def _read_prompt(opts: GenerateOptions) -> str:
@@ -222,6 +223,16 @@ def _read_prompt(opts: GenerateOptions) -> str:
     raise SambaYError("no prompt: use --prompt TEXT, --prompt-file FILE, stdin, or --input FILE.jsonl")
 
 
+def kv_cache_dtype(name: str):
+    """`--kv-cache-dtype`: auto (None: the model dtype) or fp8 (torch.float8_e4m3fn)."""
+    import torch
+
+    choices = {"auto": None, "fp8": torch.float8_e4m3fn}
+    if name not in choices:
+        raise SambaYError(f"--kv-cache-dtype must be auto or fp8, not {name!r}")
+    return choices[name]
+
+
 def _setup(opts: GenerateOptions):
     import torch
 
@@ -239,6 +250,7 @@ def _setup(opts: GenerateOptions):
     if sampling.max_new_tokens < 1:
         raise SambaYError("--max-tokens must be at least 1")
     model = load_model(model_dir, dtype=opts.dtype, device=opts.device)
+    model.kv_cache_dtype = kv_cache_dtype(opts.kv_cache_dtype)
     configure_cpu_threads(model)
     torch.set_grad_enabled(False)
     return model_dir, model, tokenizer, sampling
@@ -304,6 +316,7 @@ def run_generate(opts: GenerateOptions) -> int:
                          "sequence_seed": out.seeds[0] if out.seeds else None, "defaults_from": sampling.source},
             "device": str(model.device),
             "dtype": str(model.dtype).replace("torch.", ""),
+            "kv_cache_dtype": str(model.kv_cache_dtype or model.dtype).replace("torch.", ""),
             "stats": out.stats,
         }, ensure_ascii=False))
     else:

@@ -51,3 +51,19 @@ def test_bench_cli_runs_on_cpu(capsys):
     assert all(d["tokens_per_s"] > 0 for d in r["sambay"]["decode"])
     assert r["sambay"]["prefill"][0]["tokens_per_s"] > 0
     assert r["sambay"]["generation_estimate"][0]["to_context"] == 24
+
+
+def test_bench_fp8_shared_kv_counts_one_byte_per_element(capsys):
+    args = ["bench", "--config", str(TINY / "config.json"), "--device", "cpu", "--dtype", "bfloat16", "--prompt-len",
+            "8", "--gen-len", "16", "--context", "16", "--steps", "2", "--json"]
+    rows = {}
+    for kv in ("auto", "fp8"):
+        try:
+            main(args + ["--kv-cache-dtype", kv])
+        except SystemExit as e:
+            assert e.code in (0, None)
+        r = json.loads(capsys.readouterr().out)
+        assert r["kv_cache_dtype"] == kv
+        rows[kv] = r["sambay"]["decode"][0]["bytes_breakdown"]
+    assert rows["fp8"]["shared_kv"] * 2 == rows["auto"]["shared_kv"] > 0
+    assert rows["fp8"]["swa"] == rows["auto"]["swa"]

@@ -40,6 +40,12 @@ def test_generate_json_greedy_matches_engine(capsys):
     assert json.loads(out2)["token_ids"] == obj["token_ids"]
 
 
+def test_generate_fp8_kv_cache(capsys):
+    code, out, _ = _run(capsys, BASE + ["-p", "What is 37 + 48?", "-n", "6", "--kv-cache-dtype", "fp8", "--json"])
+    obj = json.loads(out)
+    assert code == 0 and obj["kv_cache_dtype"] == "float8_e4m3fn" and len(obj["token_ids"]) == 6
+
+
 def test_generate_raw_and_seeded_sampling(capsys):
     args = BASE + ["-p", "hello", "--raw", "-n", "6", "-t", "0.9", "--seed", "11", "--json"]
     _, a, _ = _run(capsys, args)
@@ -60,6 +66,7 @@ def test_generate_streams_and_prints_stats(capsys):
         (["-p", "   "], "prompt is empty"),
         (["-p", "hi", "--max-context", "5"], "exceeds the allowed context"),
         (["-p", "hi", "--raw", "--system", "be brief"], "--system needs the chat template"),
+        (["-p", "hi", "--kv-cache-dtype", "int3"], "--kv-cache-dtype must be auto or fp8"),
     ],
 )
 def test_generate_user_errors(capsys, args, message):

@@ -177,6 +177,28 @@ def test_attention_prefill_bf16_official_shape(window):
     _close(out, ref, tol=2e-2)
 
 
+def test_attention_kernels_read_an_fp8_shared_kv():
+    """An fp8 (e4m3) cache is widened on load: decode and prefill attention over fp8 K/V equal the reference over
+    the same fp8 values (float32 queries, IEEE dots)."""
+    torch.manual_seed(9)
+    b, h, g, d, s_max = 2, 8, 4, 16, 40
+    k8 = torch.randn(b, g, s_max, d, device=DEV).to(torch.float8_e4m3fn)
+    v8 = torch.randn(b, g, s_max, d, device=DEV).to(torch.float8_e4m3fn)
+    valid = torch.ones(b, s_max, dtype=torch.bool, device=DEV)
+    kw = dict(scale=d ** -0.5, lambda_full=torch.tensor(0.3, device=DEV), lambda_init=0.6,
+              subln_weight=torch.rand(2 * d, device=DEV) + 0.5, eps=1e-5)
+    q = torch.randn(b, h, d, device=DEV)
+    n = torch.tensor([s_max, 23], device=DEV)
+    out = ops.diff_attention_decode(q, k8, v8, valid, n, splits=2, block_s=16, **kw)
+    for i, ni in enumerate(n.tolist()):
+        ref = reference.attention_decode(q[i:i + 1], k8[i:i + 1], v8[i:i + 1], valid[i:i + 1], n[i:i + 1], ni, **kw)
+        _close(out[i:i + 1], ref)
+    qp = torch.randn(b, h, 7, d, device=DEV)
+    pos = torch.arange(s_max, device=DEV)
+    out = ops.attention_prefill(qp, k8, v8, pos[-7:], pos, valid, None, block_m=16, block_n=16, **kw)
+    _close(out, reference.attention_prefill(qp, k8.float(), v8.float(), pos[-7:], pos, valid, None, **kw))
+
+
 def test_whole_model_with_triton_kernels_matches_golden(monkeypatch):
     """The fixture model with every Triton kernel in place (prefill scan, Mamba decode step, decode attention):
     parity with the official golden and cached greedy decoding, in float32."""

@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=200)
     p.add_argument("--instruction", action="store_true", help="prefix the eval framework's math instruction")
     p.add_argument("--device", default=None)
+    p.add_argument("--kv-cache-dtype", choices=["auto", "fp8"], default="auto",
+                   help="storage of the shared KV (fp8: float8 e4m3)")
     p.add_argument("--rows", type=Path, default=None, help="write per-problem rows (JSONL) here")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout")
     args = p.parse_args(argv)
@@ -43,10 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     records = [json.loads(line) for line in data.read_text(encoding="utf-8").splitlines() if line.strip()]
     records = records[: args.limit]
     model = load_model(model_dir, device=args.device)
+    if args.kv_cache_dtype == "fp8":
+        import torch
+
+        model.kv_cache_dtype = torch.float8_e4m3fn
     tokenizer = Tokenizer.from_dir(model_dir)
     t0 = time.monotonic()
     result = evaluate(model, tokenizer, records, batch_size=args.batch_size, instruction=args.instruction)
-    summary = dict(result["summary"], seconds=round(time.monotonic() - t0, 1), model=str(model_dir), data=str(data))
+    summary = dict(result["summary"], seconds=round(time.monotonic() - t0, 1), model=str(model_dir), data=str(data),
+                   kv_cache_dtype=args.kv_cache_dtype)
     if args.rows:
         with args.rows.open("w", encoding="utf-8") as f:
             for row in result["rows"]:

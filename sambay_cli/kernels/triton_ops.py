@@ -264,7 +264,7 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
         q_ok = row_ok[:, None] & (col_head[None, :] == 0)
         kv_head = g + col_head
     q = tl.load(q_ptr + pid_b * stride_qb + qhead[:, None] * stride_qh + col_d[None, :], mask=q_ok, other=0.0)
-    q = (q.to(tl.float32) * scale).to(k_ptr.dtype.element_ty)
+    q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
     k_base = k_ptr + pid_b * stride_kb + kv_head[None, :] * stride_kh + col_d[None, :]
     v_base = v_ptr + pid_b * stride_vb + kv_head[None, :] * stride_vh + col_d[None, :]
     m = tl.full((MP,), float("-inf"), tl.float32)
@@ -274,8 +274,8 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
         offs_s = s0 + tl.arange(0, BLOCK_S)
         ms = offs_s < s_end
         ok = ms & (tl.load(valid_ptr + pid_b * stride_valb + offs_s, mask=ms, other=0) != 0)
-        k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
-        v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+        k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0).to(q_ptr.dtype.element_ty)
+        v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0).to(q_ptr.dtype.element_ty)
         if IEEE:
             sc = tl.dot(q, tl.trans(k), input_precision="ieee")
         else:
@@ -375,7 +375,8 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     q: [B, H, d]; k, v: [B, G, S_max, d] (a cache; only the first ``n_keys`` positions are read); valid: [B, S_max]
     (bool/uint8: padding and empty slots are False); n_keys: int64 tensor [B] on the device, keys per row
     (graph-safe). Each row's filled length is shared among ``splits`` programs per KV group (by default enough
-    programs to give every SM ``programs_per_sm`` of them). float32 caches use IEEE-precision dots.
+    programs to give every SM ``programs_per_sm`` of them). Dots run in q's dtype (IEEE precision for
+    float32); a cache in another dtype (fp8 shared KV) is widened on load.
     Returns float32 [B, H, d] — for differential attention already normalised and scaled, heads in order.
     """
     bsz, h, d = q.shape
@@ -401,7 +402,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         valid.stride(0), o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
         scale, splits, R=r, HD=d, DIFF=diff, BLOCK_S=block_s, MP=max(16, triton.next_power_of_2(n_rows)),
-        IEEE=k.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     if diff:
         out = torch.empty(bsz, h // 2, 2 * d, device=q.device, dtype=torch.float32)
@@ -478,7 +479,7 @@ def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, kvalid_ptr, la
     kv_a = 2 * g if DIFF else g
     qa = tl.load(q_ptr + b * stride_qb + head_a * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
                  mask=m_ok[:, None], other=0.0)
-    qa = (qa.to(tl.float32) * scale).to(k_ptr.dtype.element_ty)
+    qa = (qa.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
     ka_base = k_ptr + b * stride_kb + kv_a * stride_kh + offs_d[None, :]
     # V̂ columns: [v_2g | v_2g+1] for differential attention, v_g otherwise
     v_base = v_ptr + b * stride_vb + (kv_a + offs_w // HD)[None, :] * stride_vh + (offs_w % HD)[None, :]
@@ -488,7 +489,7 @@ def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, kvalid_ptr, la
     if DIFF:
         qb = tl.load(q_ptr + b * stride_qb + (head_a + 1) * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
                      mask=m_ok[:, None], other=0.0)
-        qb = (qb.to(tl.float32) * scale).to(k_ptr.dtype.element_ty)
+        qb = (qb.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)
         kb_base = ka_base + stride_kh
         mb = tl.full((BLOCK_M,), float("-inf"), tl.float32)
         lb = tl.zeros((BLOCK_M,), tl.float32)
@@ -505,13 +506,13 @@ def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, kvalid_ptr, la
             vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
             if HAS_WINDOW:
                 vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
-            v = tl.load(v_base + offs_n[:, None] * stride_vl, mask=n_ok[:, None], other=0.0)
-            ka = tl.load(ka_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0)
+            v = tl.load(v_base + offs_n[:, None] * stride_vl, mask=n_ok[:, None], other=0.0).to(qa.dtype)
+            ka = tl.load(ka_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0).to(qa.dtype)
             sa = tl.where(vis, _qk(qa, ka, IEEE), float("-inf"))
             ma, ca, pa, la = _softmax_step(sa, ma, la)
             acca = acca * ca[:, None] + _pv(pa, v, IEEE)
             if DIFF:
-                kb = tl.load(kb_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0)
+                kb = tl.load(kb_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0).to(qa.dtype)
                 sb = tl.where(vis, _qk(qb, kb, IEEE), float("-inf"))
                 mb, cb, pb, lb = _softmax_step(sb, mb, lb)
                 accb = accb * cb[:, None] + _pv(pb, v, IEEE)
@@ -553,7 +554,7 @@ def attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_f
         out.stride(0), out.stride(1),
         lq, lk, n_prog, int(window or 0), float(scale), float(lambda_init), float(eps),
         R=r, HD=d, DIFF=diff, HAS_WINDOW=window is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=k.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     return out
 

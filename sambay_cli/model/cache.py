@@ -5,7 +5,8 @@
 * per sliding-window layer: a ring buffer of the last ``window`` keys/values. The model has no positional encoding,
   so slot order is irrelevant: position p lives in slot p mod window;
 * one KV buffer for the full-attention layer N/2+1, preallocated to ``max_length`` and read by every
-  cross-attention layer (the YOCO shared KV);
+  cross-attention layer (the YOCO shared KV) — in the model dtype, or in float8 (e4m3, values saturated to ±448)
+  with ``kv_dtype=torch.float8_e4m3fn``;
 * nothing for GMU and cross-attention layers: the GMU memory is only needed for the current tokens.
 
 Prefill processes chunks in which every row shares the same positions (prompts are left-padded; ``*_valid`` masks
@@ -30,12 +31,16 @@ class SambaYCache:
         *,
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        kv_dtype: torch.dtype | None = None,
     ) -> None:
+        if kv_dtype not in (None, dtype, torch.float8_e4m3fn):
+            raise ValueError(f"shared-KV dtype must be the model dtype or torch.float8_e4m3fn, not {kv_dtype}")
         self.config = config
         self.batch_size = batch_size
         self.max_length = max_length
         self.device = torch.device(device)
         self.dtype = dtype
+        self.kv_dtype = kv_dtype or dtype
         self.seen = 0  # largest number of positions any row has used (capacity bookkeeping)
         c = config
         g, hd = c.num_key_value_heads, c.head_dim
@@ -56,8 +61,8 @@ class SambaYCache:
         self.swa_valid = torch.zeros(batch_size, self.window, dtype=torch.bool, device=device)
         self.kv_k = self.kv_v = None
         if FULL_ATTENTION in types:
-            self.kv_k = torch.zeros(batch_size, g, max_length, hd, device=device, dtype=dtype)
-            self.kv_v = torch.zeros(batch_size, g, max_length, hd, device=device, dtype=dtype)
+            self.kv_k = torch.zeros(batch_size, g, max_length, hd, device=device, dtype=self.kv_dtype)
+            self.kv_v = torch.zeros(batch_size, g, max_length, hd, device=device, dtype=self.kv_dtype)
         self.kv_valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.kv_pos = torch.arange(max_length, device=device)
         self.chunk_valid: torch.Tensor | None = None  # set by begin() for the chunk being processed
@@ -102,8 +107,13 @@ class SambaYCache:
     def write_kv(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Append the chunk's keys/values (k, v: [B, G, L, d]) to the shared KV of layer N/2+1."""
         length = k.shape[2]
-        self.kv_k[:, :, self.seen:self.seen + length] = k.to(self.dtype)
-        self.kv_v[:, :, self.seen:self.seen + length] = v.to(self.dtype)
+        self.kv_k[:, :, self.seen:self.seen + length] = self._to_kv(k)
+        self.kv_v[:, :, self.seen:self.seen + length] = self._to_kv(v)
+
+    def _to_kv(self, t: torch.Tensor) -> torch.Tensor:
+        if self.kv_dtype == torch.float8_e4m3fn:  # e4m3fn has no infinity: saturate instead of producing NaN
+            return t.float().clamp(-448.0, 448.0).to(self.kv_dtype)
+        return t.to(self.kv_dtype)
 
     # --------------------------------------------------------------------- one-token decode (per-row, graph-safe)
     def begin_decode(self) -> None:
@@ -131,8 +141,8 @@ class SambaYCache:
         self.swa_v[layer][self.rows, :, slot] = v[:, :, 0].to(self.dtype)
 
     def write_kv_decode(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.kv_k[self.rows, :, self.pos_t] = k[:, :, 0].to(self.dtype)
-        self.kv_v[self.rows, :, self.pos_t] = v[:, :, 0].to(self.dtype)
+        self.kv_k[self.rows, :, self.pos_t] = self._to_kv(k[:, :, 0])
+        self.kv_v[self.rows, :, self.pos_t] = self._to_kv(v[:, :, 0])
 
     # ------------------------------------------------------------------------------------------ batch surgery
     def _row_tensors(self) -> dict[str, object]:

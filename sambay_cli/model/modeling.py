@@ -372,6 +372,9 @@ class SambaYForCausalLM(nn.Module):
         self.model = SambaYModel(config)
         self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
                                                                           bias=False)
+        # storage dtype of the shared KV in new caches (None: the model dtype); torch.float8_e4m3fn halves the
+        # long-context traffic (see docs/performance.md, "fp8 shared KV")
+        self.kv_cache_dtype: torch.dtype | None = None
 
     @property
     def dtype(self) -> torch.dtype:
@@ -385,7 +388,8 @@ class SambaYForCausalLM(nn.Module):
         return self.model.embed_tokens.weight if self.lm_head is None else self.lm_head.weight
 
     def new_cache(self, batch_size: int, max_length: int) -> SambaYCache:
-        return SambaYCache(self.config, batch_size, max_length, device=self.device, dtype=self.dtype)
+        return SambaYCache(self.config, batch_size, max_length, device=self.device, dtype=self.dtype,
+                           kv_dtype=self.kv_cache_dtype)
 
     def forward(
         self,
