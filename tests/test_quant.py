@@ -307,6 +307,28 @@ def test_cpu_int8pack_path_matches_dequant(dtype):
     assert ((out.float() - ref).norm() / ref.norm()).item() < tol
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("out_f, group, symmetric", [(48, 64, False), (64, 128, True), (40, 32, False)])
+def test_cpu_int4pack_path_matches_dequant(dtype, out_f, group, symmetric):
+    """torch's CPU int4 kernel with our (code − zero)·scale mapped onto its (q − 8)·scale + zero; 40 output rows are
+    not a multiple of 16, so that layer takes the dequantizing path (exactly)."""
+    from sambay_cli.quant import modules
+
+    if not modules._cpu_int4pack_available(torch.empty(0, dtype=dtype)):
+        pytest.skip("torch without _weight_int4pack_mm_for_cpu")
+    torch.manual_seed(0)
+    q = formats.quantize_int4(torch.randn(out_f, 256), group, symmetric=symmetric)
+    tensors = {"qweight": q.qweight, "scales": q.scales} | ({} if symmetric else {"zeros": q.zeros})
+    layer = QuantLinear("int4", 256, out_f, tensors, torch.randn(out_f), dtype, group_size=group)
+    x = torch.randn(2, 5, 256).to(dtype)
+    ref = modules.dequant_linear(x.float(), layer)
+    out = modules.cpu_int4pack(x, layer)
+    assert out.shape == (2, 5, out_f) and out.dtype == dtype
+    assert (layer.__dict__["_cpu_int4"][0] is None) == (out_f % 16 != 0)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert ((out.float() - ref).norm() / ref.norm()).item() < tol
+
+
 def test_chunked_prefill_of_a_quantized_model_matches_one_shot(tmp_path):
     """Prefill chunks that skip the cross-decoder project only K/V of layer N/2+1; a quantized Wqkv must work too."""
     import torch

@@ -142,6 +142,44 @@ def cpu_int8pack(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     return y.reshape(*x.shape[:-1], layer.out_features)
 
 
+def _cpu_int4pack_available(x: torch.Tensor, *_args) -> bool:
+    return x.device.type == "cpu" and hasattr(torch.ops.aten, "_weight_int4pack_mm_for_cpu") and x.dtype in (
+        torch.float32, torch.bfloat16)
+
+
+def cpu_int4pack(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
+    """torch's own CPU int4 kernel. It computes W = (q − 8)·scale + zero, so our (code − zero_code)·scale becomes
+    scale with zero = (8 − zero_code)·scale; its packed layout differs from ours, so each layer is repacked once, at
+    first use, into a same-sized int4 buffer (the file-backed original is not touched again). Shapes the kernel does
+    not take (out_features not a multiple of 16, other group sizes) use the dequantizing path."""
+    pack = layer.__dict__.get("_cpu_int4")
+    if pack is None or pack[2] != x.dtype:
+        pack = _cpu_int4_pack(layer, x.dtype)
+        layer.__dict__["_cpu_int4"] = pack
+    if pack[0] is None:
+        return dequant_linear(x, layer)
+    x2 = x.reshape(-1, x.shape[-1]).contiguous()
+    y = torch.ops.aten._weight_int4pack_mm_for_cpu(x2, pack[0], layer.group_size, pack[1])
+    if layer.bias is not None:
+        y = y + layer.bias.to(x.dtype)
+    return y.reshape(*x.shape[:-1], layer.out_features)
+
+
+def _cpu_int4_pack(layer: QuantLinear, dtype: torch.dtype):
+    if layer.out_features % 16 or layer.group_size not in (32, 64, 128, 256) or layer.in_features % layer.group_size:
+        return None, None, dtype
+    codes = formats.unpack_int4(layer.qweight).to(torch.int32)
+    try:
+        packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
+    except RuntimeError:
+        return None, None, dtype
+    zeros = layer.zeros_or_none
+    scale = layer.scales.float()
+    zero = (8.0 - zeros.float()) * scale if zeros is not None else torch.zeros_like(scale)
+    scale_and_zero = torch.stack([scale.t(), zero.t()], dim=-1).to(dtype).contiguous()  # [in/group, out, 2]
+    return packed, scale_and_zero, dtype
+
+
 def _triton_available(x: torch.Tensor, *_args) -> bool:
     return x.is_cuda and _triton_quant() is not None
 
@@ -200,6 +238,7 @@ def bnb8_linear(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:  # pragma:
 for _op in ("w8a16_linear", "w4a16_linear", "bnb4_linear", "bnb8_linear"):
     kernels.register(_op, "torch", dequant_linear, kernels.always, first=False)
 kernels.register("w8a16_linear", "cpu-int8pack", cpu_int8pack, _cpu_int8pack_available)
+kernels.register("w4a16_linear", "cpu-int4pack", cpu_int4pack, _cpu_int4pack_available)
 kernels.register("w8a16_linear", "triton", triton_w8a16, _triton_available)
 kernels.register("w4a16_linear", "triton", triton_w4a16, _triton_available)
 kernels.register("bnb4_linear", "bitsandbytes", bnb4_linear, _bnb_cuda_available)
