@@ -64,6 +64,19 @@ def fill_cache(cache, context: int, seed: int = 1) -> None:
     cache.pos_t.fill_(context)
 
 
+def cuda_ms(fn, reps: int = 5) -> float:
+    """Milliseconds per call of ``fn`` on the current CUDA stream (one warm-up call, then ``reps`` timed by events)."""
+    fn()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / reps
+
+
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)

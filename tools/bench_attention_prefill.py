@@ -17,6 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from sambay_cli.bench import cuda_ms  # noqa: E402
 from sambay_cli.kernels import triton_ops  # noqa: E402
 
 
@@ -47,16 +48,7 @@ def main() -> None:
                 return triton_ops.attention_prefill(*inputs, block_m=bm, block_n=bn, num_warps=warps,
                                                     num_stages=stages, **kw)
             try:
-                run()
-                torch.cuda.synchronize()
-                ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-                ev[0].record()
-                for _ in range(5):
-                    run()
-                ev[1].record()
-                torch.cuda.synchronize()
-                ms = ev[0].elapsed_time(ev[1]) / 5
-                best.append((ms, bm, bn, warps, stages))
+                best.append((cuda_ms(run), bm, bn, warps, stages))
             except Exception as e:  # noqa: BLE001 - report and continue (out of resources)
                 print(f"bm {bm} bn {bn} warps {warps} stages {stages}: {type(e).__name__}")
         best.sort()

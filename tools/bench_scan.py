@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from sambay_cli.bench import cuda_ms  # noqa: E402
 from sambay_cli.kernels import triton_ops  # noqa: E402
 
 
@@ -41,30 +42,15 @@ def main() -> None:
             return triton_ops.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=dtb, initial_state=s0,
                                              block_d=bd, block_t=bt, num_warps=warps)
         try:
-            run()
-            torch.cuda.synchronize()
-            ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-            ev[0].record()
-            for _ in range(5):
-                run()
-            ev[1].record()
-            torch.cuda.synchronize()
-            rows.append((ev[0].elapsed_time(ev[1]) / 5, bd, bt, warps))
+            rows.append((cuda_ms(run), bd, bt, warps))
         except Exception as e:  # noqa: BLE001 - report and continue (out of resources)
             print(f"block_d {bd} block_t {bt} warps {warps}: {type(e).__name__}")
     if args.mamba:
         from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
 
         delta_c = delta.contiguous()
-        selective_scan_fn(u, delta_c, A, B, C, D, z, dtb, delta_softplus=True, return_last_state=True)
-        torch.cuda.synchronize()
-        ev = [torch.cuda.Event(enable_timing=True) for _ in range(2)]
-        ev[0].record()
-        for _ in range(5):
-            selective_scan_fn(u, delta_c, A, B, C, D, z, dtb, delta_softplus=True, return_last_state=True)
-        ev[1].record()
-        torch.cuda.synchronize()
-        ms = ev[0].elapsed_time(ev[1]) / 5
+        ms = cuda_ms(lambda: selective_scan_fn(u, delta_c, A, B, C, D, z, dtb, delta_softplus=True,
+                                               return_last_state=True))
         print(f"L {length} b {b}: mamba-ssm CUDA scan {1000 * ms:.0f} us  {nbytes / ms / 1e9:.2f} TB/s")
     rows.sort()
     for ms, bd, bt, warps in rows[:6]:

@@ -24,16 +24,10 @@ SHAPES = [("mlp.fc1", 20480, 2560, 32), ("mlp.fc2", 2560, 10240, 32), ("mamba.in
 
 
 def _time(fn, reps: int = 50) -> float:
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        fn()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / reps
+    """Seconds per eager call."""
+    from ..bench import cuda_ms
+
+    return cuda_ms(fn, reps) / 1e3
 
 
 def main() -> None:
