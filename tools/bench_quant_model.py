@@ -47,7 +47,8 @@ def quantize_in_memory(model, method: str) -> None:
                                 group_size=q.group_size)
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, layer)
-    torch.cuda.empty_cache()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -55,24 +56,29 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["bf16", "int8", "int4"])
     ap.add_argument("--contexts", type=int, nargs="+", default=[2048, 32768])
     ap.add_argument("--steps", type=int, default=50)
+    ap.add_argument("--device", default="cuda", help="cuda, or cpu (no graphs, no copy bandwidth)")
+    ap.add_argument("--prompt-len", type=int, default=2048, help="prefill length timed (keep it small on CPU)")
     args = ap.parse_args()
     cfg = official_config()
-    bw = copy_bandwidth(torch.device("cuda"))
-    out = {"device": torch.cuda.get_device_name(), "copy_bandwidth": bw, "results": {}}
+    cuda = args.device == "cuda"
+    bw = copy_bandwidth(torch.device("cuda")) if cuda else None
+    out = {"device": torch.cuda.get_device_name() if cuda else "cpu", "copy_bandwidth": bw, "results": {}}
     for method in args.methods:
-        model = random_model(cfg, "cuda", torch.bfloat16)
+        model = random_model(cfg, args.device, torch.bfloat16)
         if method != "bf16":
             quantize_in_memory(model, method)
-        r = bench_sambay(model, cfg, batches=[1], contexts=args.contexts, steps=args.steps, prompt_len=2048,
-                         gen_len=32768, graphs=True, copy_bw=bw, prefill_lens=[2048])
+        r = bench_sambay(model, cfg, batches=[1], contexts=args.contexts, steps=args.steps,
+                         prompt_len=args.prompt_len, gen_len=max(args.contexts), graphs=cuda, copy_bw=bw,
+                         prefill_lens=[args.prompt_len])
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         out["results"][method] = {"weight_bytes": weight_bytes, "decode": r["decode"], "prefill": r["prefill"]}
         for d in r["decode"]:
+            share = f", {100 * d['fraction_of_copy_bandwidth']:.0f}% of copy BW" if bw else ""
             print(f"{method}: ctx {d['context']}: {d['tokens_per_s']:.1f} tok/s, {d['ms_per_step']:.2f} ms/step, "
-                  f"{d['bytes_per_step'] / 1e9:.2f} GB/step, {100 * d['fraction_of_copy_bandwidth']:.0f}% of copy BW",
-                  flush=True)
+                  f"{d['bytes_per_step'] / 1e9:.2f} GB/step{share}", flush=True)
         del model
-        torch.cuda.empty_cache()
+        if cuda:
+            torch.cuda.empty_cache()
     print(json.dumps(out))
 
 
