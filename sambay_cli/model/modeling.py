@@ -292,7 +292,7 @@ class Attention(nn.Module):
             else:  # full attention: the shared KV producer
                 cache.write_kv(k_new, v_new)
                 end = cache.seen + positions.numel()
-                k, v = cache.kv_k[:, :, :end].to(dtype), cache.kv_v[:, :, :end].to(dtype)
+                k, v = cache.kv_k[:, :, :end], cache.kv_v[:, :, :end]  # attention widens an fp8 cache itself
                 k_pos = cache.kv_pos[:end]
                 k_valid = cache.kv_valid[:, :end]
             q_pos = positions
