@@ -251,3 +251,87 @@ def test_add_norm(rms, with_delta, dtype):
     assert torch.equal(h_tri, h_ref)
     assert x_tri.dtype == dtype
     _close(x_tri, x_ref, tol=1e-6 if dtype == torch.float32 else 4e-3)
+
+
+gemv = importlib.import_module("sambay_cli.kernels.triton_gemv")
+
+
+@pytest.mark.parametrize("rows", [1, 2])
+@pytest.mark.parametrize("n,k", [(36, 64), (13, 40)])  # K a multiple of the block or not, N ragged
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_gemv_and_its_fused_epilogues(rows, n, k, with_bias):
+    """The decode GEMV (plain, SwiGLU fc1, gated GMU) equals the reference linear + element-wise op in float32."""
+    torch.manual_seed(7)
+    x = torch.randn(rows, 1, k, device=DEV)
+    w = torch.randn(n, k, device=DEV)
+    w2 = torch.randn(2 * n, k, device=DEV)
+    b, b2 = (torch.randn(n, device=DEV), torch.randn(2 * n, device=DEV)) if with_bias else (None, None)
+    mem = torch.randn(rows, 1, n, device=DEV)
+    assert gemv.supported(x, w)
+    _close(gemv.gemv(x, w, b), reference.linear(x, w, b))
+    _close(gemv.gemv(x, w2, b2, epilogue="swiglu"), reference.linear_swiglu(x, w2, b2))
+    _close(gemv.gemv(x, w, b, epilogue="gate", memory=mem), reference.linear_gate(x, w, b, mem))
+
+
+def test_gemv_serves_decode_rows_only():
+    w = torch.randn(8, 32, device=DEV)
+    assert not gemv.supported(torch.randn(3, 32, device=DEV), w)  # a GEMM reads W once for all rows: cuBLAS
+    assert not gemv.supported(torch.randn(1, 32, device=DEV).half(), w)  # mixed dtypes
+
+
+@pytest.mark.skipif(not ON_GPU, reason="bf16 rounding differs under the interpreter")
+def test_gemv_bf16_official_shapes():
+    """bf16 weights of the 3.8B shape (fc1 with its SwiGLU, fc2): within the project's bf16 rule of float32."""
+    torch.manual_seed(8)
+    for n, k, epi in [(20480, 2560, "swiglu"), (2560, 10240, "none"), (5120, 2560, "gate")]:
+        x = torch.randn(1, k, device=DEV)
+        w = torch.randn(n, k, device=DEV) / k ** 0.5
+        mem = torch.randn(1, n, device=DEV)
+        if epi == "swiglu":
+            ref = reference.linear_swiglu(x, w, None)
+        elif epi == "gate":
+            ref = reference.linear_gate(x, w, None, mem)
+        else:
+            ref = reference.linear(x, w, None)
+        out = gemv.gemv(x.bfloat16(), w.bfloat16(), None, epilogue=epi, memory=mem.bfloat16())
+        _close(out.float(), ref, tol=2e-2)
+
+
+def test_kv_write_decode_matches_reference():
+    """One kernel writes each row's new K and V into its own slot (ring slot or position), strided inputs."""
+    torch.manual_seed(9)
+    b, g, s_max, d = 3, 5, 11, 16
+    qkv = torch.randn(b, 1, 4 * g * d, device=DEV)
+    k = qkv[:, 0, g * d:2 * g * d].view(b, g, d)
+    v = qkv[:, 0, 3 * g * d:].view(b, g, d)
+    slots = torch.tensor([0, 7, 10], device=DEV)
+    caches = [torch.randn(b, g, s_max, d, device=DEV) for _ in range(2)]
+    ref = [c.clone() for c in caches]
+    ops.kv_write_decode(caches[0], caches[1], k, v, slots)
+    reference.kv_write_decode(ref[0], ref[1], k, v, slots)
+    assert torch.equal(caches[0], ref[0]) and torch.equal(caches[1], ref[1])
+    assert torch.equal(caches[0][1, :, 7], k[1])
+
+
+@pytest.mark.parametrize("gated", [True, False])
+def test_ssm_update_with_fused_dt_proj_and_out_dtype(gated):
+    """Δ = W_dt·δ formed inside the state update equals dt_proj then the update; output in the asked dtype."""
+    torch.manual_seed(10)
+    b, d, n, r = 2, 70, 16, 12
+    state = torch.randn(b, d, n, device=DEV)
+    x, z = torch.randn(b, d, device=DEV), torch.randn(b, d, device=DEV)
+    xdbl = torch.randn(b, r + 2 * n, device=DEV)
+    low, B, C = torch.split(xdbl, [r, n, n], dim=-1)
+    w_dt = torch.randn(d, r, device=DEV) / r ** 0.5
+    A = -torch.rand(d, n, device=DEV) * 4
+    D, dtb = torch.randn(d, device=DEV), torch.randn(d, device=DEV)
+    s2 = state.clone()
+    y_ref = reference.selective_state_update(state, x, low @ w_dt.T, A, B, C, D=D, z=z if gated else None,
+                                             dt_bias=dtb)
+    y_tri = ops.selective_state_update(s2, x, low, A, B, C, D=D, z=z if gated else None, dt_bias=dtb,
+                                       dt_proj_weight=w_dt, out_dtype=torch.float32)
+    _close(y_tri, y_ref)
+    _close(s2, state)
+    y16 = ops.selective_state_update(state.clone(), x, low, A, B, C, D=D, dt_bias=dtb, dt_proj_weight=w_dt,
+                                     out_dtype=torch.float16)
+    assert y16.dtype == torch.float16

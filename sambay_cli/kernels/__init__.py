@@ -54,6 +54,10 @@ for _op in (
     "swiglu",
     "gmu_gate",
     "add_norm",
+    "linear",
+    "linear_swiglu",
+    "linear_gate",
+    "kv_write_decode",
 ):
     register(_op, "torch", getattr(reference, _op), always, first=False)
 
@@ -87,14 +91,17 @@ def _pow2(n: int) -> bool:
     return n > 0 and n & (n - 1) == 0
 
 
-def _triton_attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps):
+def _triton_attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
+                             out_dtype=torch.float32):
     h, g, d = q.shape[1], k.shape[1], q.shape[2]
     ratio = (h // 2) // (g // 2) if lambda_full is not None else h // g
     if not (_pow2(d) and _pow2(ratio)):
         return reference.attention_decode(q, k, v, valid, n_keys_t, n_keys, scale=scale, lambda_full=lambda_full,
-                                          lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
+                                          lambda_init=lambda_init, subln_weight=subln_weight, eps=eps,
+                                          out_dtype=out_dtype)
     return _triton_module().diff_attention_decode(q, k, v, valid, n_keys_t, scale=scale, lambda_full=lambda_full,
-                                                  lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
+                                                  lambda_init=lambda_init, subln_weight=subln_weight, eps=eps,
+                                                  out_dtype=out_dtype)
 
 
 def _triton_attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_full, lambda_init,
@@ -114,15 +121,17 @@ def _triton_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
                                            delta_softplus=delta_softplus, initial_state=initial_state)
 
 
-def _triton_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):
+def _triton_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
+                         out_dtype=torch.float32):
     return _triton_module().selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
-                                                   dt_softplus=dt_softplus)
+                                                   dt_softplus=dt_softplus, dt_proj_weight=dt_proj_weight,
+                                                   out_dtype=out_dtype)
 
 
-def _triton_conv_update(x, conv_state, weight, bias):
+def _triton_conv_update(x, conv_state, weight, bias, out_dtype=torch.float32):
     if weight.shape[-1] < 2:
-        return reference.causal_conv1d_update(x, conv_state, weight, bias)
-    return _triton_module().causal_conv1d_update(x, conv_state, weight, bias)
+        return reference.causal_conv1d_update(x, conv_state, weight, bias, out_dtype)
+    return _triton_module().causal_conv1d_update(x, conv_state, weight, bias, out_dtype)
 
 
 def _triton_swiglu(gate, up):
@@ -141,6 +150,52 @@ def _triton_add_norm(h, delta, weight, bias, eps, rms):
     return _triton_module().add_norm(h, delta, weight, bias, eps, rms)
 
 
+def _gemv_module():
+    return optional_import("sambay_cli.kernels.triton_gemv")
+
+
+def _gemv_ok(x, weight=None, *_args) -> bool:
+    """Decode-sized linears on CUDA: the Triton GEMV (with its fused epilogues) instead of cuBLAS + extra kernels;
+    other shapes fall back to cuBLAS inside the Triton entry points."""
+    return x.is_cuda and _gemv_module() is not None
+
+
+def _triton_linear(x, weight, bias):
+    if not _gemv_module().supported(x, weight):
+        return reference.linear(x, weight, bias)
+    return _gemv_module().gemv(x, weight, bias)
+
+
+def _triton_linear_swiglu(x, weight, bias):
+    if not _gemv_module().supported(x, weight):  # prefill: cuBLAS, then the fused element-wise kernel
+        gate, up = reference.linear(x, weight, bias).chunk(2, dim=-1)
+        return _triton_swiglu(gate, up)
+    return _gemv_module().gemv(x, weight, bias, epilogue="swiglu")
+
+
+def _triton_linear_gate(x, weight, bias, memory):
+    if not _gemv_module().supported(x, weight):
+        return _triton_gmu_gate(reference.linear(x, weight, bias), memory)
+    return _gemv_module().gemv(x, weight, bias, epilogue="gate", memory=memory)
+
+
+def _kv_write_ok(k_cache, *_args) -> bool:
+    """Caches in a float dtype (an fp8 cache takes the reference's saturating path) with power-of-2 head dims."""
+    return (_on_cuda_with_triton(k_cache) and k_cache.dtype in (torch.bfloat16, torch.float16, torch.float32)
+            and _pow2(k_cache.shape[-1]))
+
+
+def _triton_kv_write_decode(k_cache, v_cache, k, v, slots):
+    if (k.stride(-1) != 1 or v.stride(-1) != 1 or not _pow2(k_cache.shape[-1])
+            or k_cache.dtype not in (torch.bfloat16, torch.float16, torch.float32)):
+        return reference.kv_write_decode(k_cache, v_cache, k, v, slots)
+    return _triton_module().kv_write_decode(k_cache, v_cache, k, v, slots)
+
+
+register("kv_write_decode", "triton", _triton_kv_write_decode, _kv_write_ok)
+register("linear", "triton", _triton_linear, _gemv_ok)
+register("linear_swiglu", "triton", _triton_linear_swiglu, _gemv_ok)
+register("linear_gate", "triton", _triton_linear_gate, _gemv_ok)
 register("attention_decode", "triton", _triton_attention_decode, _on_cuda_with_triton)
 register("attention_prefill", "triton", _triton_attention_prefill, _on_cuda_with_triton)
 register("add_norm", "triton", _triton_add_norm, _triton_add_norm_ok)
@@ -174,8 +229,8 @@ def causal_conv1d(x, weight, bias, conv_state=None):
     return resolve("causal_conv1d", x).fn(x, weight, bias, conv_state)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias):
-    return resolve("causal_conv1d_update", x).fn(x, conv_state, weight, bias)
+def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
+    return resolve("causal_conv1d_update", x).fn(x, conv_state, weight, bias, out_dtype)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None):
@@ -184,9 +239,11 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     )
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
+                           out_dtype=torch.float32):
     return resolve("selective_state_update", x).fn(
-        state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus
+        state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_proj_weight=dt_proj_weight,
+        out_dtype=out_dtype,
     )
 
 
@@ -197,10 +254,11 @@ def attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_f
     )
 
 
-def attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps):
+def attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
+                     out_dtype=torch.float32):
     return resolve("attention_decode", q).fn(
         q, k, v, valid, n_keys_t, n_keys, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init,
-        subln_weight=subln_weight, eps=eps,
+        subln_weight=subln_weight, eps=eps, out_dtype=out_dtype,
     )
 
 
@@ -214,6 +272,22 @@ def gmu_gate(x, memory):
 
 def add_norm(h, delta, weight, bias, eps, rms):
     return resolve("add_norm", h).fn(h, delta, weight, bias, eps, rms)
+
+
+def kv_write_decode(k_cache, v_cache, k, v, slots):
+    return resolve("kv_write_decode", k_cache).fn(k_cache, v_cache, k, v, slots)
+
+
+def linear(x, weight, bias=None):
+    return resolve("linear", x, weight).fn(x, weight, bias)
+
+
+def linear_swiglu(x, weight, bias=None):
+    return resolve("linear_swiglu", x, weight).fn(x, weight, bias)
+
+
+def linear_gate(x, weight, bias, memory):
+    return resolve("linear_gate", x, weight).fn(x, weight, bias, memory)
 
 
 attention_mask = reference.attention_mask
@@ -231,5 +305,9 @@ __all__ = [
     "swiglu",
     "gmu_gate",
     "add_norm",
+    "linear",
+    "linear_swiglu",
+    "linear_gate",
+    "kv_write_decode",
     "attention_mask",
 ]

@@ -35,9 +35,11 @@ def causal_conv1d(
 
 
 def causal_conv1d_update(
-    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
+    x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """One decode step of :func:`causal_conv1d`. x: [B, D]; conv_state [B, D, K-1] is updated in place."""
+    """One decode step of :func:`causal_conv1d`. x: [B, D]; conv_state [B, D, K-1] is updated in place. Returns
+    silu(conv) [B, D] in ``out_dtype``."""
     k = weight.shape[-1]
     window = torch.cat([conv_state.float(), x.float().unsqueeze(-1)], dim=-1)  # [B, D, K]
     y = (window * weight.float().unsqueeze(0)).sum(-1)
@@ -45,7 +47,7 @@ def causal_conv1d_update(
         y = y + bias.float()
     if k > 1:
         conv_state.copy_(window[:, :, 1:])
-    return F.silu(y)
+    return F.silu(y).to(out_dtype)
 
 
 def selective_scan(
@@ -113,11 +115,16 @@ def selective_state_update(
     z: torch.Tensor | None = None,
     dt_bias: torch.Tensor | None = None,
     dt_softplus: bool = True,
+    dt_proj_weight: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """One decode step of :func:`selective_scan`. state [B, D, N] float32 is updated in place.
 
-    x, dt, z: [B, D]; B, C: [B, N]. Returns y float32 [B, D].
+    x, dt, z: [B, D]; B, C: [B, N]. With ``dt_proj_weight`` [D, R], ``dt`` is the low-rank [B, R] input and
+    Δ = dt · W_dtᵀ (Mamba's dt_proj without its bias, which is ``dt_bias``). Returns y [B, D] in ``out_dtype``.
     """
+    if dt_proj_weight is not None:
+        dt = F.linear(dt, dt_proj_weight)
     dt = dt.float()
     if dt_bias is not None:
         dt = dt + dt_bias.float()
@@ -132,7 +139,7 @@ def selective_state_update(
         y = y + D.float() * x
     if z is not None:
         y = y * F.silu(z.float())
-    return y
+    return y.to(out_dtype)
 
 
 # ------------------------------------------------------------------------------------------------- elementwise
@@ -146,6 +153,31 @@ def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
 def gmu_gate(x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
     """Gated Memory Unit core: silu(x) ⊙ m, computed in float32, rounded once to x's dtype."""
     return (F.silu(x.float()) * memory.float()).to(x.dtype)
+
+
+def kv_write_decode(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                    slots: torch.Tensor) -> None:
+    """One decode step's keys and values k, v [B, G, d] into slot ``slots[b]`` of each row b of the caches
+    [B, G, S, d] (converted to the cache dtype)."""
+    rows = torch.arange(k.shape[0], device=k.device)
+    k_cache[rows, :, slots] = k.to(k_cache.dtype)
+    v_cache[rows, :, slots] = v.to(v_cache.dtype)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """y = x·Wᵀ + b (cuBLAS on CUDA)."""
+    return F.linear(x, weight, bias)
+
+
+def linear_swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """The MLP's first half: [gate | up] = x·Wᵀ + b, then up ⊙ silu(gate)."""
+    gate, up = F.linear(x, weight, bias).chunk(2, dim=-1)
+    return swiglu(gate, up)
+
+
+def linear_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, memory: torch.Tensor) -> torch.Tensor:
+    """silu(x·Wᵀ + b) ⊙ memory: the GMU's gated memory (paper eq. 4) before its output projection."""
+    return gmu_gate(F.linear(x, weight, bias), memory)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
@@ -252,14 +284,15 @@ def attention_decode(
     lambda_init: float,
     subln_weight: torch.Tensor | None,
     eps: float,
+    out_dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
     """Decode-time attention of one query per row over a cache: q [B, H, d]; k, v [B, G, S_max, d]; only the first
     ``n_keys`` positions (also given as the device tensor ``n_keys_t``) are read, masked by ``valid`` [B, S_max].
-    Returns float32 [B, H, d]."""
+    Returns [B, H, d] in ``out_dtype``."""
     mask = valid[:, None, :n_keys]
     out = differential_attention(q.unsqueeze(2), k[:, :, :n_keys], v[:, :, :n_keys], mask, scale=scale,
                                  lambda_full=lambda_full, lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
-    return out[:, :, 0]
+    return out[:, :, 0].to(out_dtype)
 
 
 def attention_prefill(

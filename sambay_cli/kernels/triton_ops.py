@@ -44,17 +44,17 @@ def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, D, stride_xb, str
     if HAS_BIAS:
         acc += tl.load(b_ptr + offs, mask=m, other=0.0).to(tl.float32)
     y = acc / (1.0 + tl.exp(-acc))
-    tl.store(y_ptr + pid_b * stride_yb + offs, y, mask=m)
+    tl.store(y_ptr + pid_b * stride_yb + offs, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias):
+def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
     """Triton version of reference.causal_conv1d_update (x [B, D]; conv_state [B, D, K-1] float32, in place)."""
     bsz, dim = x.shape
     k = weight.shape[-1]
     assert k >= 2 and conv_state.dtype == torch.float32 and conv_state.stride(-1) == 1
     x = x.contiguous()
     weight = weight.contiguous()
-    y = torch.empty(bsz, dim, device=x.device, dtype=torch.float32)
+    y = torch.empty(bsz, dim, device=x.device, dtype=out_dtype)
     block = 256
     grid = (bsz, triton.cdiv(dim, block))
     _conv_update_kernel[grid](x, conv_state, weight, bias if bias is not None else weight, y, dim, x.stride(0),
@@ -64,17 +64,24 @@ def causal_conv1d_update(x, conv_state, weight, bias):
 
 
 @triton.jit
-def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, y_ptr, D,
-                       stride_sb, stride_sd, stride_xb, stride_dtb, stride_bb, stride_cb, stride_zb, stride_yb,
-                       N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-                       SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr):
+def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, y_ptr, D, R,
+                       stride_sb, stride_sd, stride_xb, stride_dtb, stride_wdt, stride_bb, stride_cb, stride_zb,
+                       stride_yb, N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
+                       SOFTPLUS: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
     md = offs_d < D
     m2 = md[:, None]
     x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
-    dt = tl.load(dt_ptr + pid_b * stride_dtb + offs_d, mask=md, other=0.0).to(tl.float32)
+    if DT_PROJ:  # Δ = W_dt · δ from the low-rank δ (x_proj's first R outputs), in float32
+        offs_r = tl.arange(0, BLOCK_R)
+        mr = offs_r < R
+        low = tl.load(dt_ptr + pid_b * stride_dtb + offs_r, mask=mr, other=0.0).to(tl.float32)
+        w = tl.load(wdt_ptr + offs_d[:, None] * stride_wdt + offs_r[None, :], mask=m2 & mr[None, :], other=0.0)
+        dt = tl.sum(w.to(tl.float32) * low[None, :], axis=1)
+    else:
+        dt = tl.load(dt_ptr + pid_b * stride_dtb + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_DTB:
         dt += tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if SOFTPLUS:
@@ -92,28 +99,65 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_p
     if HAS_Z:
         z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
         y = y * (z / (1.0 + tl.exp(-z)))
-    tl.store(y_ptr + pid_b * stride_yb + offs_d, y, mask=md)
+    tl.store(y_ptr + pid_b * stride_yb + offs_d, y.to(y_ptr.dtype.element_ty), mask=md)
 
 
-def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True):
-    """Triton version of reference.selective_state_update (state [B, D, N] float32, updated in place)."""
+def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
+                           out_dtype=torch.float32):
+    """Triton version of reference.selective_state_update (state [B, D, N] float32, updated in place). With
+    ``dt_proj_weight`` [D, R], ``dt`` is the low-rank [B, R] input and Δ = dt · W_dtᵀ is formed in the kernel."""
     bsz, dim = x.shape
     n = A.shape[-1]
     assert state.dtype == torch.float32 and state.stride(-1) == 1 and n == triton.next_power_of_2(n)
     A = A.float().contiguous()
-    y = torch.empty(bsz, dim, device=x.device, dtype=torch.float32)
+    y = torch.empty(bsz, dim, device=x.device, dtype=out_dtype)
     block = 64
     grid = (bsz, triton.cdiv(dim, block))
     dummy = A
+    rank = dt_proj_weight.shape[1] if dt_proj_weight is not None else 1
+    if dt_proj_weight is not None:
+        assert dt_proj_weight.stride(1) == 1 and dt.stride(-1) == 1
     _ssm_update_kernel[grid](
-        state, x, dt, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
-        dt_bias if dt_bias is not None else dummy, y, dim,
-        state.stride(0), state.stride(1), x.stride(0), dt.stride(0), B.stride(0), C.stride(0),
+        state, x, dt, dt_proj_weight if dt_proj_weight is not None else dummy, A, B, C,
+        D if D is not None else dummy, z if z is not None else dummy,
+        dt_bias if dt_bias is not None else dummy, y, dim, rank,
+        state.stride(0), state.stride(1), x.stride(0), dt.stride(0),
+        dt_proj_weight.stride(0) if dt_proj_weight is not None else 0, B.stride(0), C.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=dt_softplus,
-        BLOCK_D=block,
+        DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block,
     )
     return y
+
+
+# ---------------------------------------------------------------------------------------------- KV cache write
+
+
+@triton.jit
+def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, G, stride_kb, stride_kg, stride_vb, stride_vg,
+                     stride_kcb, stride_kcg, stride_kcs, stride_vcb, stride_vcg, stride_vcs,
+                     BLOCK_G: tl.constexpr, HD: tl.constexpr):
+    b = tl.program_id(0).to(tl.int64)
+    slot = tl.load(slot_ptr + b).to(tl.int64)
+    offs_g = tl.arange(0, BLOCK_G)
+    offs_d = tl.arange(0, HD)
+    m = (offs_g < G)[:, None]
+    k = tl.load(k_ptr + b * stride_kb + offs_g[:, None] * stride_kg + offs_d[None, :], mask=m)
+    v = tl.load(v_ptr + b * stride_vb + offs_g[:, None] * stride_vg + offs_d[None, :], mask=m)
+    tl.store(kc_ptr + b * stride_kcb + offs_g[:, None] * stride_kcg + slot * stride_kcs + offs_d[None, :],
+             k.to(kc_ptr.dtype.element_ty), mask=m)
+    tl.store(vc_ptr + b * stride_vcb + offs_g[:, None] * stride_vcg + slot * stride_vcs + offs_d[None, :],
+             v.to(vc_ptr.dtype.element_ty), mask=m)
+
+
+def kv_write_decode(k_cache, v_cache, k, v, slots):
+    """Triton version of reference.kv_write_decode: one kernel writes both K and V of every row."""
+    bsz, g, d = k.shape
+    assert d == triton.next_power_of_2(d) and k.stride(-1) == 1 and v.stride(-1) == 1
+    assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    _kv_write_kernel[(bsz,)](k, v, k_cache, v_cache, slots, g, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
+                             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
+                             v_cache.stride(1), v_cache.stride(2), BLOCK_G=triton.next_power_of_2(g), HD=d)
 
 
 # -------------------------------------------------------------------------------------------- Mamba prefill scan
@@ -342,7 +386,8 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
         o = o / rms[:, None] * w[None, :] * (1.0 - lambda_init)
         # row p of stream pair -> heads 2p (first HD) and 2p+1 (second HD): contiguous 2·HD per p
         heads = g * R + offs_r
-        tl.store(out_ptr + pid_b * stride_outb + heads[:, None] * stride_outh + offs_w[None, :], o)
+        tl.store(out_ptr + pid_b * stride_outb + heads[:, None] * stride_outh + offs_w[None, :],
+                 o.to(out_ptr.dtype.element_ty))
     else:
         rows = g * R + offs_r
         ms = tl.load(m_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :])
@@ -355,7 +400,8 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
         ob = o_ptr + pid_b * stride_ob
         o = tl.load(ob + rows[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :])
         a = tl.sum(o * f[:, :, None], axis=1) / den[:, None]
-        tl.store(out_ptr + pid_b * stride_outb + rows[:, None] * stride_outh + offs_w[None, :], a)
+        tl.store(out_ptr + pid_b * stride_outb + rows[:, None] * stride_outh + offs_w[None, :],
+                 a.to(out_ptr.dtype.element_ty))
 
 
 def _sm_count(device: torch.device) -> int:
@@ -368,7 +414,7 @@ _SM_COUNTS: dict[int, int] = {}
 
 
 def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
-                          splits: int | None = None, block_s: int = 128, num_warps: int = 4, num_stages: int = 2,
+                          out_dtype=torch.float32, splits: int | None = None, block_s: int = 128, num_warps: int = 4, num_stages: int = 2,
                           programs_per_sm: int = 8):
     """Decode attention for one query per sequence.
 
@@ -377,7 +423,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     (graph-safe). Each row's filled length is shared among ``splits`` programs per KV group (by default enough
     programs to give every SM ``programs_per_sm`` of them). Dots run in q's dtype (IEEE precision for
     float32); a cache in another dtype (fp8 shared KV) is widened on load.
-    Returns float32 [B, H, d] — for differential attention already normalised and scaled, heads in order.
+    Returns [B, H, d] in ``out_dtype`` — for differential attention already normalised and scaled, heads in order.
     """
     bsz, h, d = q.shape
     g = k.shape[1]
@@ -405,11 +451,11 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     if diff:
-        out = torch.empty(bsz, h // 2, 2 * d, device=q.device, dtype=torch.float32)
+        out = torch.empty(bsz, h // 2, 2 * d, device=q.device, dtype=out_dtype)
         lam = lambda_full.reshape(1).float()
         w = subln_weight
     else:
-        out = torch.empty(bsz, h, d, device=q.device, dtype=torch.float32)
+        out = torch.empty(bsz, h, d, device=q.device, dtype=out_dtype)
         lam = m  # unused
         w = m
     _attn_decode_combine[(bsz, groups)](

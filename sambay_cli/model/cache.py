@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from .. import kernels
 from ..config import FULL_ATTENTION, MAMBA_TYPES, SWA, SambaYConfig
 
 
@@ -126,23 +127,22 @@ class SambaYCache:
         true = torch.ones_like(self.pos_t, dtype=torch.bool)  # a device tensor: graph capture forbids host copies
         self.kv_valid.index_put_((self.rows, self.pos_t), true)
         if self.window:
-            slot = torch.remainder(self.pos_t, self.window)
-            self.swa_pos.index_put_((self.rows, slot), self.pos_t)
-            self.swa_valid.index_put_((self.rows, slot), true)
+            self.swa_slot_t = torch.remainder(self.pos_t, self.window)  # once per step, for every SWA layer
+            self.swa_pos.index_put_((self.rows, self.swa_slot_t), self.pos_t)
+            self.swa_valid.index_put_((self.rows, self.swa_slot_t), true)
 
     def end_decode(self) -> None:
         self.pos_t.add_(1)
         self.seen += 1
 
     def write_swa_decode(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None:
-        """k, v: [B, G, 1, d] → each row's ring slot for its current position."""
-        slot = torch.remainder(self.pos_t, self.window)
-        self.swa_k[layer][self.rows, :, slot] = k[:, :, 0].to(self.dtype)
-        self.swa_v[layer][self.rows, :, slot] = v[:, :, 0].to(self.dtype)
+        """k, v: [B, G, 1, d] → each row's ring slot for its current position (one kernel for K and V)."""
+        kernels.kv_write_decode(self.swa_k[layer], self.swa_v[layer], k[:, :, 0], v[:, :, 0], self.swa_slot_t)
 
     def write_kv_decode(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        self.kv_k[self.rows, :, self.pos_t] = self._to_kv(k[:, :, 0])
-        self.kv_v[self.rows, :, self.pos_t] = self._to_kv(v[:, :, 0])
+        if self.kv_dtype == torch.float8_e4m3fn:  # saturating conversion first
+            k, v = self._to_kv(k), self._to_kv(v)
+        kernels.kv_write_decode(self.kv_k, self.kv_v, k[:, :, 0], v[:, :, 0], self.pos_t)
 
     # ------------------------------------------------------------------------------------------ batch surgery
     def _row_tensors(self) -> dict[str, object]:

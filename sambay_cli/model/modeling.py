@@ -57,6 +57,19 @@ def make_norm(config: SambaYConfig, dim: int) -> nn.Module:
     return nn.LayerNorm(dim, eps=config.layer_norm_eps)
 
 
+class Linear(nn.Linear):
+    """nn.Linear whose product goes through the kernel seam (decode-sized calls on CUDA use the Triton GEMV)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return kernels.linear(x, self.weight, self.bias)
+
+
+def is_plain_linear(m: nn.Module) -> bool:
+    """A dense linear layer (not a quantized replacement) with no hooks (calibration observes its inputs): its
+    weight can feed a fused-epilogue kernel instead of the module being called."""
+    return isinstance(m, nn.Linear) and not m._forward_hooks and not m._forward_pre_hooks
+
+
 def add_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
     """h ← h + delta on the float32 residual stream, and the next sub-layer's input norm(h) — one fused kernel."""
     return kernels.add_norm(h, delta, norm.weight, getattr(norm, "bias", None), norm.eps, isinstance(norm, RMSNorm))
@@ -70,10 +83,12 @@ class SwiGLU(nn.Module):
 
     def __init__(self, config: SambaYConfig) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
-        self.fc2 = nn.Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
+        self.fc1 = Linear(config.hidden_size, 2 * config.intermediate_size, bias=config.mlp_bias)
+        self.fc2 = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if is_plain_linear(self.fc1):  # one kernel for fc1 and the gate at decode
+            return self.fc2(kernels.linear_swiglu(x, self.fc1.weight, self.fc1.bias))
         gate, up = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(kernels.swiglu(gate, up))
 
@@ -92,14 +107,14 @@ class Mamba(nn.Module):
         self.d_inner = c.d_inner
         self.d_state = c.mamba_d_state
         self.dt_rank = c.mamba_dt_rank
-        self.in_proj = nn.Linear(c.hidden_size, 2 * c.d_inner, bias=c.mamba_proj_bias)  # [x | z]
+        self.in_proj = Linear(c.hidden_size, 2 * c.d_inner, bias=c.mamba_proj_bias)  # [x | z]
         self.conv1d = nn.Conv1d(c.d_inner, c.d_inner, c.mamba_d_conv, groups=c.d_inner, bias=c.mamba_conv_bias,
                                 padding=c.mamba_d_conv - 1)
-        self.x_proj = nn.Linear(c.d_inner, c.mamba_dt_rank + 2 * c.mamba_d_state, bias=False)  # [dt | B | C]
-        self.dt_proj = nn.Linear(c.mamba_dt_rank, c.d_inner, bias=True)
+        self.x_proj = Linear(c.d_inner, c.mamba_dt_rank + 2 * c.mamba_d_state, bias=False)  # [dt | B | C]
+        self.dt_proj = Linear(c.mamba_dt_rank, c.d_inner, bias=True)
         self.A_log = nn.Parameter(torch.zeros(c.d_inner, c.mamba_d_state))
         self.D = nn.Parameter(torch.ones(c.d_inner))
-        self.out_proj = nn.Linear(c.d_inner, c.hidden_size, bias=c.mamba_proj_bias)
+        self.out_proj = Linear(c.d_inner, c.hidden_size, bias=c.mamba_proj_bias)
 
     def _decay_rates(self) -> torch.Tensor:
         """A = −exp(A_log), float32; computed once for frozen weights (every decode step would recompute it)."""
@@ -125,14 +140,16 @@ class Mamba(nn.Module):
         ssm_state = cache.ssm_states[self.layer_idx]
         A = self._decay_rates()
         if decode:  # one token per row, state updated in place
-            xc = kernels.causal_conv1d_update(xs[:, 0], conv_state, conv_w, self.conv1d.bias)  # [B, d_inner] f32
-            xc = xc.to(dtype)
+            xc = kernels.causal_conv1d_update(xs[:, 0], conv_state, conv_w, self.conv1d.bias, dtype)  # [B, d_inner]
             dt_low, b, c = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            dt = F.linear(dt_low, self.dt_proj.weight)  # bias is added (in fp32) inside the scan
+            if is_plain_linear(self.dt_proj):  # Δ = W_dt·δ inside the state update (bias added there, in fp32)
+                dt, w_dt = dt_low, self.dt_proj.weight
+            else:
+                dt, w_dt = F.linear(dt_low, self.dt_proj.weight), None
             y = kernels.selective_state_update(
                 ssm_state, xc, dt, A, b, c, D=self.D, z=None if self.is_memory else z[:, 0],
-                dt_bias=self.dt_proj.bias, dt_softplus=True,
-            ).unsqueeze(1)  # [B, 1, d_inner] f32
+                dt_bias=self.dt_proj.bias, dt_softplus=True, dt_proj_weight=w_dt, out_dtype=dtype,
+            ).unsqueeze(1)  # [B, 1, d_inner]
         else:
             valid = cache.chunk_valid  # [B, L]; padded positions contribute nothing
             mask = valid.unsqueeze(1).to(torch.float32)
@@ -151,7 +168,7 @@ class Mamba(nn.Module):
             ssm_state.copy_(last_state)
             y = y.transpose(1, 2)  # [B, L, d_inner] f32
         if self.is_memory:
-            memory = y.to(dtype)  # the scan output with the D skip, before the gate
+            memory = y.to(dtype)  # the scan output with the D skip, before the gate (a no-op at decode)
             return self.out_proj(kernels.gmu_gate(z, memory)), memory
         return self.out_proj(y.to(dtype)), None
 
@@ -164,10 +181,12 @@ class GatedMemoryUnit(nn.Module):
 
     def __init__(self, config: SambaYConfig) -> None:
         super().__init__()
-        self.in_proj = nn.Linear(config.hidden_size, config.d_inner, bias=config.mlp_bias)
-        self.out_proj = nn.Linear(config.d_inner, config.hidden_size, bias=config.mlp_bias)
+        self.in_proj = Linear(config.hidden_size, config.d_inner, bias=config.mlp_bias)
+        self.out_proj = Linear(config.d_inner, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
+        if is_plain_linear(self.in_proj):  # one kernel for in_proj and the gate at decode
+            return self.out_proj(kernels.linear_gate(x, self.in_proj.weight, self.in_proj.bias, memory))
         return self.out_proj(kernels.gmu_gate(self.in_proj(x), memory))
 
 
@@ -223,8 +242,8 @@ class Attention(nn.Module):
         self.window = c.sliding_window if kind == SWA else None
         self.scale = c.head_dim ** -0.5
         out_rows = c.q_size if kind == CROSS_ATTENTION else c.q_size + 2 * c.kv_size
-        self.Wqkv = nn.Linear(c.hidden_size, out_rows, bias=c.attention_bias)
-        self.out_proj = nn.Linear(c.q_size, c.hidden_size, bias=c.attention_out_bias)
+        self.Wqkv = Linear(c.hidden_size, out_rows, bias=c.attention_bias)
+        self.out_proj = Linear(c.q_size, c.hidden_size, bias=c.attention_out_bias)
         self.lambda_init = lambda_init(layer_idx)  # depth = global layer index
         self.inner_cross_attn = DifferentialParams(c.head_dim) if c.differential_attention else None
 
@@ -258,9 +277,9 @@ class Attention(nn.Module):
             lambda_full=da.lambda_full(self.lambda_init) if da is not None else None,
             lambda_init=self.lambda_init,
             subln_weight=da.subln.weight if da is not None else None,
-            eps=da.subln.eps if da is not None else 1e-5,
-        )  # [B, H, d] f32
-        return self.out_proj(out.reshape(bsz, 1, q_size).to(dtype))
+            eps=da.subln.eps if da is not None else 1e-5, out_dtype=dtype,
+        )  # [B, H, d]
+        return self.out_proj(out.reshape(bsz, 1, q_size))
 
     def forward(self, x: torch.Tensor, cache: SambaYCache, positions: torch.Tensor | None, keep: int | None,
                 decode: bool = False) -> torch.Tensor:
@@ -370,7 +389,7 @@ class SambaYForCausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.model = SambaYModel(config)
-        self.lm_head = None if config.tie_word_embeddings else nn.Linear(config.hidden_size, config.vocab_size,
+        self.lm_head = None if config.tie_word_embeddings else Linear(config.hidden_size, config.vocab_size,
                                                                           bias=False)
         # storage dtype of the shared KV in new caches (None: the model dtype); torch.float8_e4m3fn halves the
         # long-context traffic (see docs/performance.md, "fp8 shared KV")
@@ -466,7 +485,7 @@ class SambaYForCausalLM(nn.Module):
             hidden[-1] = normed.float()
         if logits_to_keep is not None:
             normed = normed[:, normed.shape[1] - logits_to_keep:]
-        logits = F.linear(normed, self.lm_head_weight()).float()
+        logits = kernels.linear(normed, self.lm_head_weight()).float()
         return ForwardOutput(logits=logits, hidden_states=hidden, last_hidden_raw=raw if hidden is not None else None)
 
     @staticmethod
@@ -475,7 +494,7 @@ class SambaYForCausalLM(nn.Module):
         if isinstance(attn.Wqkv, nn.Linear):  # project K and V only
             w = attn.Wqkv.weight[q_size:]
             b = attn.Wqkv.bias[q_size:] if attn.Wqkv.bias is not None else None
-            kv = F.linear(x, w, b)
+            kv = kernels.linear(x, w, b)
         else:  # a quantized projection: run it whole and keep K, V
             kv = attn.Wqkv(x)[..., q_size:]
         k = attn._heads(kv[..., :kv_size], attn.num_kv_heads)

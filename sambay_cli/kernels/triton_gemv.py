@@ -1,0 +1,135 @@
+"""Batch-1 decode linears in Triton: y = x·Wᵀ (+ b) for one or two activation rows, with fused epilogues.
+
+At batch 1 a decode step is a chain of matrix-vector products bound by reading the weights; what cuBLAS leaves on
+the table is (a) the small kernels between them and (b) a few per cent of bandwidth on the mid-sized shapes. These
+kernels read each weight row once, keep a [BLOCK_N, BLOCK_K] float32 partial product per program and reduce it
+across the row only at the end, and fold the element-wise op that follows the product into the store:
+
+* ``EPILOGUE_NONE``    y = x·Wᵀ + b
+* ``EPILOGUE_SWIGLU``  W = [W_gate | W_up] (the MLP's fc1): y = silu(x·W_gateᵀ + b_g) ⊙ (x·W_upᵀ + b_u) — the
+  intermediate [gate | up] vector is never written (paper's MLP, SwiGLU)
+* ``EPILOGUE_GATE``    y = silu(x·Wᵀ + b) ⊙ m — the GMU (paper eq. 4) with memory m, or the Mamba output gate
+
+Rows of W beyond N are clamped rather than masked so that the loads of the hot loop need no mask when K is a multiple
+of BLOCK_K (every shape of the official model). Runs under TRITON_INTERPRET=1 for CPU tests.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+EPILOGUE_NONE = 0
+EPILOGUE_SWIGLU = 1
+EPILOGUE_GATE = 2
+_EPILOGUES = {"none": EPILOGUE_NONE, "swiglu": EPILOGUE_SWIGLU, "gate": EPILOGUE_GATE}
+
+MAX_ROWS = 2  # activation rows served by the GEMV; more rows go to cuBLAS (a GEMM reads W once for all rows)
+_INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
+                 HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # clamped: the loads stay in bounds without a mask
+    offs_k = tl.arange(0, BLOCK_K)
+    x_row = x_ptr + row * stride_xm
+    w_rows = w_ptr + rows[:, None] * stride_wn
+    w2_rows = w_ptr + (rows + N)[:, None] * stride_wn  # the "up" half of a SwiGLU fc1
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        if EVEN_K:
+            x = tl.load(x_row + ks).to(tl.float32)
+            w = tl.load(w_rows + ks[None, :])
+        else:
+            x = tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
+            w = tl.load(w_rows + ks[None, :], mask=(ks < K)[None, :], other=0.0)
+        acc += w.to(tl.float32) * x[None, :]
+        if EPILOGUE == 1:
+            if EVEN_K:
+                w2 = tl.load(w2_rows + ks[None, :])
+            else:
+                w2 = tl.load(w2_rows + ks[None, :], mask=(ks < K)[None, :], other=0.0)
+            acc2 += w2.to(tl.float32) * x[None, :]
+    out = tl.sum(acc, axis=1)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rows).to(tl.float32)
+    if EPILOGUE == 1:
+        up = tl.sum(acc2, axis=1)
+        if HAS_BIAS:
+            up += tl.load(b_ptr + rows + N).to(tl.float32)
+        out = out / (1.0 + tl.exp(-out)) * up
+    if EPILOGUE == 2:
+        mem = tl.load(m_ptr + row * stride_mm + rows).to(tl.float32)
+        out = out / (1.0 + tl.exp(-out)) * mem
+    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+
+# (block_n, block_k, num_warps) by shape: the best of tools/bench_gemv.py's sweep on an H100 (CUDA-graph device time)
+DEFAULT_CONFIG = (2, 1024, 4)
+CONFIGS: dict[tuple[int, int], tuple[int, int, int]] = {
+    (20480, 2560): (1, 256, 4),  # MLP fc1 (+ SwiGLU)
+    (2560, 10240): (1, 2048, 4),  # MLP fc2
+    (10240, 2560): (1, 512, 4),  # Mamba in_proj
+    (192, 5120): (1, 2048, 8),  # Mamba x_proj
+    (5120, 160): (8, 256, 4),  # Mamba dt_proj (when not fused into the state update)
+}
+
+
+def gemv_config(n: int, k: int) -> tuple[int, int, int]:
+    """Launch parameters for an [n, k] weight; SAMBAY_GEMV_BF16="block_n,block_k,num_warps" overrides (tuning)."""
+    override = os.environ.get("SAMBAY_GEMV_BF16", "")
+    if "," in override:
+        bn, bk, nw = (int(v) for v in override.split(","))
+        return bn, bk, nw
+    if _INTERPRET:
+        return 4, 32, 1
+    return CONFIGS.get((n, k), DEFAULT_CONFIG)
+
+
+def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """Whether the GEMV serves this call: few rows, a contiguous row-major weight of a floating dtype
+    (SAMBAY_GEMV_BF16=off: never, for A/B runs against cuBLAS)."""
+    if os.environ.get("SAMBAY_GEMV_BF16", "").lower() == "off":  # A/B against cuBLAS
+        return False
+    rows = x.numel() // max(x.shape[-1], 1)
+    return (0 < rows <= MAX_ROWS and weight.dim() == 2 and weight.stride(1) == 1 and x.dtype == weight.dtype
+            and weight.dtype in (torch.bfloat16, torch.float16, torch.float32))
+
+
+def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, epilogue: str = "none",
+         memory: torch.Tensor | None = None) -> torch.Tensor:
+    """x [..., K] (at most MAX_ROWS rows) · weight [N', K]ᵀ with the named epilogue; out [..., N] in x's dtype, where
+    N = N'/2 for ``swiglu`` and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``."""
+    kind = _EPILOGUES[epilogue]
+    k = x.shape[-1]
+    lead = x.shape[:-1]
+    x2 = x.reshape(-1, k)
+    if x2.stride(-1) != 1:
+        x2 = x2.contiguous()
+    m_rows = x2.shape[0]
+    n = weight.shape[0] // 2 if kind == EPILOGUE_SWIGLU else weight.shape[0]
+    y = torch.empty(m_rows, n, device=x.device, dtype=x.dtype)
+    if kind == EPILOGUE_GATE:
+        mem = memory.reshape(-1, n)
+        if mem.stride(-1) != 1:
+            mem = mem.contiguous()
+    else:
+        mem = y
+    block_n, block_k, warps = gemv_config(weight.shape[0], k)
+    block_k = min(block_k, triton.next_power_of_2(k))
+    grid = (triton.cdiv(n, block_n), m_rows)
+    _gemv_kernel[grid](x2, weight, bias if bias is not None else weight, mem, y, n, k, x2.stride(0),
+                       weight.stride(0), mem.stride(0), y.stride(0), HAS_BIAS=bias is not None, EPILOGUE=kind,
+                       EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+    return y.reshape(*lead, n)
