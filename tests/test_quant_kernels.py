@@ -53,6 +53,19 @@ def test_w4a16_matches_reference(rows, symmetric, group):
     assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
+@pytest.mark.parametrize("n,k,group", [(13, 96, 32), (6, 40, 4), (9, 56, 8)])
+def test_w4a16_gemv_ragged_groups_rows_and_small_groups(n, k, group):
+    """Decode GEMV paths: the word-wise kernel with a group count that is not a multiple of its step and a ragged
+    row count, and the byte-wise kernel that serves groups of fewer than 8 columns."""
+    torch.manual_seed(n)
+    w = torch.randn(n, k)
+    q = formats.quantize_int4(w, group, False)
+    x, bias = torch.randn(1, k), torch.randn(n)
+    ref = x @ formats.dequantize_int4(q).T + bias
+    y = tk.w4a16_linear(x.to(DEV), q.qweight.to(DEV), q.scales.to(DEV), q.zeros.to(DEV), group, bias.to(DEV))
+    assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
+
+
 def test_3d_input_and_dispatch_seam(monkeypatch):
     """A QuantLinear routes through the seam: SAMBAY_KERNELS=triton forces the fused kernel even on CPU."""
     from sambay_cli import kernels

@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 from pathlib import Path
@@ -16,62 +17,86 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
+from sambay_cli.bench import copy_bandwidth  # noqa: E402
 from sambay_cli.quant import formats  # noqa: E402
 from sambay_cli.quant import triton_kernels as tk  # noqa: E402
 from sambay_cli.quant.bench_kernels import SHAPES  # noqa: E402
 
-CONFIGS = [(4, 2048, 8), (4, 1024, 4), (8, 1024, 8), (2, 4096, 8), (1, 4096, 4), (8, 512, 4), (16, 256, 4),
-           (2, 2048, 4), (4, 4096, 8)]
+INT8_CONFIGS = [(1, 1024, 4), (1, 2048, 4), (2, 1024, 4), (2, 2048, 8), (4, 512, 4), (4, 1024, 4), (1, 4096, 8),
+                (2, 512, 4), (4, 1024, 8)]
+INT4_CONFIGS = [(1, 512, 4), (2, 512, 4), (4, 512, 4), (8, 512, 4), (1, 1024, 4), (2, 1024, 4), (4, 1024, 4),
+                (4, 1024, 8), (8, 1024, 8), (16, 512, 8), (2, 2048, 8), (1, 2048, 4), (8, 256, 4)]
 
 
-def timed(fn, reps=50):
-    """Device time per call in µs, from a CUDA graph of ``reps`` calls (no Python/launch overhead: decode replays
-    graphs too)."""
-    for _ in range(3):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    a.record()
-    graph.replay()
-    b.record()
-    torch.cuda.synchronize()
-    return a.elapsed_time(b) / reps * 1000
+def bench_shape(n: int, k: int, bw: float):
+    """bf16, int8 and int4 (best of each sweep) for one [n, k] weight: (printed line, µs per format, best configs)."""
+    from bench_gemv import L2_DEFEAT_BYTES, graph_us
+
+    dev = "cuda"
+    w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k ** 0.5
+    x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
+    copies = max(1, math.ceil(L2_DEFEAT_BYTES / (n * k * 2)))
+    ws = [w] + [w.clone() for _ in range(copies - 1)]
+    times = {"bf16": graph_us([lambda w=w: F.linear(x, w) for w in ws])}
+    line = f"{n:5d}x{k:5d}: bf16 {times['bf16']:6.1f} us"
+    best_cfgs = {}
+
+    def int8_call(q):
+        return tk.w8a16_linear(x, q.qweight, q.scales, None)
+
+    def int4_call(q):
+        return tk.w4a16_linear(x, q.qweight, q.scales, q.zeros, 128, None)
+
+    q8, q4 = formats.quantize_int8(w), formats.quantize_int4(w, 128)
+    ref8 = F.linear(x.float(), formats.dequantize_int8(q8.qweight, q8.scales))
+    ref4 = F.linear(x.float(), formats.dequantize_int4(q4))
+    for fmt, q, cfgs, nbytes, call, ref in (("int8", q8, INT8_CONFIGS, n * k + 4 * n, int8_call, ref8),
+                                            ("int4", q4, [(v, *c) for v in ("groups", "words", "bytes") for c in INT4_CONFIGS], n * k // 2 + 3 * n * k // 128, int4_call, ref4)):
+        c = max(1, math.ceil(L2_DEFEAT_BYTES / nbytes))
+        qs = [q] + [copy_quantized(q) for _ in range(c - 1)]
+        best = None
+        for cfg in cfgs:
+            if isinstance(cfg[0], str):  # (int4 kernel variant, launch config)
+                os.environ["SAMBAY_INT4_GEMV"] = cfg[0]
+            os.environ["SAMBAY_GEMV"] = ",".join(map(str, cfg[-3:]))
+            try:
+                err = ((call(q).float() - ref).norm() / ref.norm()).item()
+                if err > 1e-2:
+                    print(f"  {fmt} {cfg}: wrong ({err:.1e})")
+                    continue
+                t = graph_us([lambda q=q, call=call: call(q) for q in qs])
+            except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
+                print(f"  {fmt} {cfg}: {type(e).__name__} {str(e)[:80]}")
+                continue
+            if best is None or t < best[1]:
+                best = (cfg, t)
+        os.environ.pop("SAMBAY_GEMV", None)
+        os.environ.pop("SAMBAY_INT4_GEMV", None)
+        times[fmt] = best[1]
+        best_cfgs[f"{fmt} {n}x{k}"] = best[0]
+        line += f" | {fmt} {best[1]:6.1f} us {best[0]} {nbytes / (best[1] * 1e-6) / bw:4.0%}"
+    return line, times, best_cfgs
+
+
+def copy_quantized(q):
+    return type(q)(**{f: (getattr(q, f).clone() if torch.is_tensor(getattr(q, f)) else getattr(q, f))
+                      for f in q.__dataclass_fields__})
 
 
 def main() -> None:
-    dev = "cuda"
-    layers = []
+    bw = copy_bandwidth(torch.device("cuda"))
+    print(f"{torch.cuda.get_device_name()}: copy bandwidth {bw / 1e12:.2f} TB/s (read + write)", flush=True)
+    totals = {"bf16": 0.0, "int8": 0.0, "int4": 0.0}
+    best_cfgs = {}
     for name, n, k, count in SHAPES:
-        w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k ** 0.5
-        q8 = formats.quantize_int8(w)
-        q4 = formats.quantize_int4(w, 128)
-        x = torch.randn(1, k, device=dev, dtype=torch.bfloat16)
-        layers.append((name, n, k, count, w, q8, q4, x))
-    results = {}
-    base = sum(c * timed(lambda w=w, x=x: F.linear(x, w)) for _, _, _, c, w, _, _, x in layers)
-    results["bf16"] = base
-    for cfg in CONFIGS:
-        os.environ["SAMBAY_GEMV"] = ",".join(map(str, cfg))
-        t8 = t4 = 0.0
-        for _, _, _, c, _, q8, q4, x in layers:
-            t8 += c * timed(lambda q8=q8, x=x: tk.w8a16_linear(x, q8.qweight, q8.scales, None))
-            t4 += c * timed(lambda q4=q4, x=x: tk.w4a16_linear(x, q4.qweight, q4.scales, q4.zeros, 128, None))
-        results[str(cfg)] = {"int8_us": round(t8, 1), "int4_us": round(t4, 1)}
-        print(f"{cfg}: int8 {t8 / 1000:.2f} ms  int4 {t4 / 1000:.2f} ms  (bf16 {base / 1000:.2f} ms per token)",
-              flush=True)
-    # correctness of the default config against dequantize-then-matmul
-    os.environ.pop("SAMBAY_GEMV", None)
-    _, n, k, _, w, q8, q4, x = layers[1]
-    ref8 = F.linear(x.float(), formats.dequantize_int8(q8.qweight, q8.scales))
-    got8 = tk.w8a16_linear(x, q8.qweight, q8.scales, None).float()
-    print("int8 rel err", ((got8 - ref8).norm() / ref8.norm()).item())
-    print(json.dumps(results))
+        line, times, cfgs = bench_shape(n, k, bw)
+        print(f"{name:16s} " + line, flush=True)
+        for fmt, t in times.items():
+            totals[fmt] += count * t
+        best_cfgs.update(cfgs)
+    print("all linears of one token (lm_head excluded): " +
+          ", ".join(f"{f} {t / 1000:.3f} ms" for f, t in totals.items()))
+    print(json.dumps({"totals_us": totals, "best": {k: list(v) for k, v in best_cfgs.items()}}))
 
 
 if __name__ == "__main__":

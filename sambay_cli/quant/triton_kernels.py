@@ -21,6 +21,7 @@ import triton
 import triton.language as tl
 
 GEMV_MAX_ROWS = 4  # up to this many activation rows use the GEMV kernels
+INT4_GEMV_VARIANT = "groups"  # the int4 GEMV: "words", "groups" (see _w4_gemv_words_kernel) or "bytes"
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -29,22 +30,31 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 @triton.jit
 def _w8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                    HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Each program owns BLOCK_N output rows; a [BLOCK_N, BLOCK_K] float32 partial product is kept in registers
+    and reduced across the row once at the end; the per-row scale is applied to the sum. Rows past N are clamped
+    (loads need no mask when K is a multiple of BLOCK_K)."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):  # few, wide steps: the op is bound by reading the weight, not by latency
-        offs_k = k0 + tl.arange(0, BLOCK_K)
-        mask_k = offs_k < K
-        x = tl.load(x_ptr + row * stride_xm + offs_k, mask=mask_k, other=0.0).to(tl.float32)
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=mask_n[:, None] & mask_k[None, :],
-                    other=0)
-        acc += tl.sum(w.to(tl.float32) * x[None, :], axis=1)
-    out = acc * tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        if EVEN_K:
+            x = tl.load(x_ptr + row * stride_xm + ks).to(tl.float32)
+            w = tl.load(w_ptr + rows[:, None] * stride_wn + ks[None, :])
+        else:
+            x = tl.load(x_ptr + row * stride_xm + ks, mask=ks < K, other=0.0).to(tl.float32)
+            w = tl.load(w_ptr + rows[:, None] * stride_wn + ks[None, :], mask=(ks < K)[None, :], other=0)
+        # int8 → float without a conversion instruction: bits of 2²³ + 128 + v, minus 2²³ + 128 (exact)
+        wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+        acc += wf * x[None, :]
+    out = tl.sum(acc, axis=1) * tl.load(s_ptr + rows).to(tl.float32)
     if HAS_BIAS:
-        out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+        out += tl.load(b_ptr + rows).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
@@ -113,6 +123,67 @@ def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, s
     if HAS_BIAS:
         out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+
+@triton.jit
+def _w4_gemv_words_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_sn,
+                          stride_ym, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PER_GROUP: tl.constexpr):
+    """int4 GEMV over 32-bit words (8 codes each; code i of word j is input column 8j + i at bits 4i..4i+3 — the
+    byte layout read little-endian). Each step takes [BLOCK_N, BLOCK_W] words; for every nibble position i the
+    codes become floats without an int→float conversion instruction (OR the 4 bits into the mantissa of 2²³, then
+    subtract 2²³ — exact) and are multiplied by the activations of columns 8j + i. Per word, the group's scale and
+    zero point are applied as scale·(Σ codes·x − zero·Σ x); a [BLOCK_N, BLOCK_W] float32 partial product is
+    reduced across the row once at the end."""
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    WPG: tl.constexpr = GROUP // 8  # words per group
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    kw = K // 8
+    offs_w = tl.arange(0, BLOCK_W)
+    x_row = x_ptr + row * stride_xm
+    acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+    acc_g = tl.zeros((BLOCK_N, BLOCK_W // WPG if PER_GROUP else 1), dtype=tl.float32)
+    for w0 in range(0, kw, BLOCK_W):
+        ws = w0 + offs_w
+        mw = ws < kw
+        words = tl.load(w_ptr + rows[:, None] * stride_wn + ws[None, :], mask=mw[None, :], other=0)
+        part = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+        x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x_row + ws * 8 + i, mask=mw, other=0.0).to(tl.float32)
+            code = (((words >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            part += code * xi[None, :]
+            x_sum += xi
+        if PER_GROUP:  # sum each group's words first: one scale/zero load per group instead of per word
+            NGS: tl.constexpr = BLOCK_W // WPG
+            part_g = tl.sum(tl.reshape(part, (BLOCK_N, NGS, WPG)), axis=2)
+            x_sum_g = tl.sum(tl.reshape(x_sum, (NGS, WPG)), axis=1)
+            grp = w0 // WPG + tl.arange(0, NGS)
+            mg = (grp < kw // WPG)[None, :]
+            scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0.0).to(tl.float32)
+            if HAS_ZEROS:
+                zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0).to(tl.float32)
+            else:
+                zero = 8.0
+            acc_g += scale * (part_g - zero * x_sum_g[None, :])
+        else:
+            grp = ws // WPG
+            scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mw[None, :], other=0.0)
+            if HAS_ZEROS:
+                zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mw[None, :], other=0)
+                zero = zero.to(tl.float32)
+            else:
+                zero = 8.0
+            acc += scale.to(tl.float32) * (part - zero * x_sum[None, :])
+    out = tl.sum(acc, axis=1)
+    if PER_GROUP:
+        out += tl.sum(acc_g, axis=1)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rows).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+
 
 @triton.jit
 def _w4_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
@@ -193,7 +264,8 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         block_n, block_k = cfg["block_n"], min(cfg["block_k"], triton.next_power_of_2(k))
         grid = (triton.cdiv(n, block_n), m)
         _w8_gemv_kernel[grid](x2, qweight, scales, b, y, n, k, x2.stride(0), qweight.stride(0), y.stride(0),
-                              HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=cfg["num_warps"])
+                              HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
+                              num_warps=cfg["num_warps"])
     else:
         bm, bn, bk = _gemm_blocks(m)
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
@@ -211,7 +283,18 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     b = bias if bias is not None else scales
     z = zeros if zeros is not None else scales
-    if m <= GEMV_MAX_ROWS:
+    variant = os.environ.get("SAMBAY_INT4_GEMV", INT4_GEMV_VARIANT)  # words | groups | bytes (A/B runs)
+    if m <= GEMV_MAX_ROWS and k % 8 == 0 and group_size % 8 == 0 and qweight.is_contiguous() and variant != "bytes":
+        cfg = {"block_n": 4, "block_k": 64, "num_warps": 1} if _INTERPRET else gemv_config("int4")
+        block_w = max(1, min(cfg["block_k"] // 8, triton.next_power_of_2(k // 8)))
+        per_group = variant == "groups" and block_w % (group_size // 8) == 0
+        words = qweight.view(torch.int32)  # [N, K/8]
+        grid = (triton.cdiv(n, cfg["block_n"]), m)
+        _w4_gemv_words_kernel[grid](x2, words, scales, z, b, y, n, k, x2.stride(0), words.stride(0),
+                                    scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
+                                    HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_W=block_w,
+                                    PER_GROUP=per_group, num_warps=cfg["num_warps"])
+    elif m <= GEMV_MAX_ROWS:  # odd widths and small fallback groups: the byte-wise kernel
         cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int4")
         block_n = cfg["block_n"]
         # whole groups per step (group sizes are powers of two), no more than the row
