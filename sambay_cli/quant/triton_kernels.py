@@ -21,7 +21,6 @@ import triton
 import triton.language as tl
 
 GEMV_MAX_ROWS = 4  # up to this many activation rows use the GEMV kernels
-INT4_GEMV_VARIANT = "groups"  # the int4 GEMV: "words", "groups" (see _w4_gemv_words_kernel) or "bytes"
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -229,20 +228,35 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]).contiguous(), lead
 
 
-# GEMV launch (rows per program, input columns per step, warps), the best of a sweep on an H100
-# (tools/bench_quant_gemv.py, device time from CUDA graphs): all linears of one 3.8B token in 1.57 ms (int8) and
-# 1.80 ms (int4) against 2.60 ms for bf16 cuBLAS.
-GEMV_CONFIG = {"int8": {"block_n": 4, "block_k": 1024, "num_warps": 4},
-               "int4": {"block_n": 8, "block_k": 512, "num_warps": 4}}
+# GEMV launch (rows per program, input columns per step, warps), the best of tools/bench_quant_gemv.py's sweep on an
+# H100 (CUDA-graph device time, weights rotated to defeat the L2 cache): all linears of one 3.8B token (lm_head
+# excluded) in 1.70 ms (int8) and 1.88 ms (int4) against 2.78 ms for bf16 cuBLAS. For int4 the byte-wise kernel wins
+# on 2560-wide inputs and the word-wise kernel with per-group sums on wider ones.
+def _default_gemv(fmt: str, k: int) -> tuple[str, dict[str, int]]:
+    if fmt == "int8":
+        cfg = (4, 512, 4) if k <= 2560 else (2, 1024, 4)
+        variant = "int8"
+    elif k <= 2560:
+        variant, cfg = "bytes", (8, 512, 4)
+    else:
+        variant, cfg = "groups", (4, 1024, 4)
+    return variant, {"block_n": cfg[0], "block_k": cfg[1], "num_warps": cfg[2]}
 
 
-def gemv_config(fmt: str) -> dict[str, int]:
-    """The GEMV launch parameters of ``fmt``; SAMBAY_GEMV="block_n,block_k,num_warps" overrides them (tuning)."""
+def gemv_config(fmt: str, k: int = 2560) -> dict[str, int]:
+    """The GEMV launch parameters of ``fmt`` for an input width ``k``; SAMBAY_GEMV="block_n,block_k,num_warps"
+    overrides them (tuning)."""
     override = os.environ.get("SAMBAY_GEMV")
     if override:
         bn, bk, nw = (int(v) for v in override.split(","))
         return {"block_n": bn, "block_k": bk, "num_warps": nw}
-    return dict(GEMV_CONFIG[fmt])
+    return _default_gemv(fmt, k)[1]
+
+
+def int4_gemv_variant(k: int) -> str:
+    """Which int4 GEMV serves an input width ``k``: SAMBAY_INT4_GEMV (words | groups | bytes) or the measured
+    default."""
+    return os.environ.get("SAMBAY_INT4_GEMV") or _default_gemv("int4", k)[0]
 
 
 def _gemm_blocks(m: int) -> tuple[int, int, int]:
@@ -260,7 +274,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     b = bias if bias is not None else scales
     if m <= GEMV_MAX_ROWS:
-        cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int8")
+        cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int8", k)
         block_n, block_k = cfg["block_n"], min(cfg["block_k"], triton.next_power_of_2(k))
         grid = (triton.cdiv(n, block_n), m)
         _w8_gemv_kernel[grid](x2, qweight, scales, b, y, n, k, x2.stride(0), qweight.stride(0), y.stride(0),
@@ -283,9 +297,9 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     b = bias if bias is not None else scales
     z = zeros if zeros is not None else scales
-    variant = os.environ.get("SAMBAY_INT4_GEMV", INT4_GEMV_VARIANT)  # words | groups | bytes (A/B runs)
+    variant = int4_gemv_variant(k)
     if m <= GEMV_MAX_ROWS and k % 8 == 0 and group_size % 8 == 0 and qweight.is_contiguous() and variant != "bytes":
-        cfg = {"block_n": 4, "block_k": 64, "num_warps": 1} if _INTERPRET else gemv_config("int4")
+        cfg = {"block_n": 4, "block_k": 64, "num_warps": 1} if _INTERPRET else gemv_config("int4", k)
         block_w = max(1, min(cfg["block_k"] // 8, triton.next_power_of_2(k // 8)))
         per_group = variant == "groups" and block_w % (group_size // 8) == 0
         words = qweight.view(torch.int32)  # [N, K/8]
@@ -295,7 +309,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                                     HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_W=block_w,
                                     PER_GROUP=per_group, num_warps=cfg["num_warps"])
     elif m <= GEMV_MAX_ROWS:  # odd widths and small fallback groups: the byte-wise kernel
-        cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int4")
+        cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int4", k)
         block_n = cfg["block_n"]
         # whole groups per step (group sizes are powers of two), no more than the row
         block_kh = max(group_size // 2, min(cfg["block_k"] // 2, triton.next_power_of_2(k // 2)))
