@@ -53,7 +53,7 @@ def test_w4a16_matches_reference(rows, symmetric, group):
     assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
-@pytest.mark.parametrize("variant", ["groups", "words", "bytes"])
+@pytest.mark.parametrize("variant", ["words", "bytes"])
 @pytest.mark.parametrize("n,k,group", [(13, 96, 32), (6, 40, 4), (9, 56, 8)])
 def test_w4a16_gemv_ragged_groups_rows_and_small_groups(n, k, group, variant, monkeypatch):
     """Decode GEMV paths (each int4 variant): a group count that is not a multiple of the step, a ragged row count,

@@ -60,11 +60,10 @@ def test_ssm_update(gated):
     _close(s2, state)
 
 
-@pytest.mark.parametrize("layout", ["2d", "3d"])
 @pytest.mark.parametrize("with_state", [True, False])
 @pytest.mark.parametrize("length", [9, 20])
-def test_selective_scan(with_state, length, layout):
-    """The chunked parallel scan (chunks of 8 steps here: several, with a ragged end), both kernel layouts."""
+def test_selective_scan(with_state, length):
+    """The chunked parallel scan (chunks of 8 steps here: several, with a ragged end)."""
     torch.manual_seed(2)
     b, d, n = 2, 40, 16
     u, delta, z = (torch.randn(b, d, length, device=DEV) for _ in range(3))
@@ -76,8 +75,7 @@ def test_selective_scan(with_state, length, layout):
     delta = torch.randn(b, length, d, device=DEV).transpose(1, 2)
     B = torch.randn(b, length, n, device=DEV).transpose(1, 2)
     y_ref, s_ref = reference.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=dtb, initial_state=s0)
-    y_tri, s_tri = ops.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=dtb, initial_state=s0, block_t=8,
-                                      layout=layout)
+    y_tri, s_tri = ops.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=dtb, initial_state=s0, block_t=8)
     _close(y_tri, y_ref)
     _close(s_tri, s_ref)
 

@@ -50,8 +50,9 @@ def bench_shape(n: int, k: int, bw: float):
     q8, q4 = formats.quantize_int8(w), formats.quantize_int4(w, 128)
     ref8 = F.linear(x.float(), formats.dequantize_int8(q8.qweight, q8.scales))
     ref4 = F.linear(x.float(), formats.dequantize_int4(q4))
+    int4_cfgs = [(v, *c) for v in ("words", "bytes") for c in INT4_CONFIGS]  # (kernel variant, launch config)
     for fmt, q, cfgs, nbytes, call, ref in (("int8", q8, INT8_CONFIGS, n * k + 4 * n, int8_call, ref8),
-                                            ("int4", q4, [(v, *c) for v in ("groups", "words", "bytes") for c in INT4_CONFIGS], n * k // 2 + 3 * n * k // 128, int4_call, ref4)):
+                                            ("int4", q4, int4_cfgs, n * k // 2 + 3 * n * k // 128, int4_call, ref4)):
         c = max(1, math.ceil(L2_DEFEAT_BYTES / nbytes))
         qs = [q] + [copy_quantized(q) for _ in range(c - 1)]
         best = None

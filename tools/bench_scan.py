@@ -23,7 +23,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--length", type=int, default=2048)
     ap.add_argument("--batch", type=int, default=1)
-    ap.add_argument("--configs", nargs="+", default=["16,64,4", "8,128,4", "32,32,4", "4,128,2", "16,32,2"],
+    ap.add_argument("--configs", nargs="+", default=["4,16,1", "4,16,2", "8,16,2", "2,32,1", "8,8,2"],
                     help="block_d,block_t,num_warps triples to time")
     ap.add_argument("--mamba", action="store_true", help="also time mamba-ssm's CUDA scan (if built)")
     args = ap.parse_args()

@@ -179,15 +179,17 @@ def _triton_linear_gate(x, weight, bias, memory):
     return _gemv_module().gemv(x, weight, bias, epilogue="gate", memory=memory)
 
 
-def _kv_write_ok(k_cache, *_args) -> bool:
+def _kv_write_fits(k_cache) -> bool:
     """Caches in a float dtype (an fp8 cache takes the reference's saturating path) with power-of-2 head dims."""
-    return (_on_cuda_with_triton(k_cache) and k_cache.dtype in (torch.bfloat16, torch.float16, torch.float32)
-            and _pow2(k_cache.shape[-1]))
+    return k_cache.dtype in (torch.bfloat16, torch.float16, torch.float32) and _pow2(k_cache.shape[-1])
+
+
+def _kv_write_ok(k_cache, *_args) -> bool:
+    return _on_cuda_with_triton(k_cache) and _kv_write_fits(k_cache)
 
 
 def _triton_kv_write_decode(k_cache, v_cache, k, v, slots):
-    if (k.stride(-1) != 1 or v.stride(-1) != 1 or not _pow2(k_cache.shape[-1])
-            or k_cache.dtype not in (torch.bfloat16, torch.float16, torch.float32)):
+    if k.stride(-1) != 1 or v.stride(-1) != 1 or not _kv_write_fits(k_cache):
         return reference.kv_write_decode(k_cache, v_cache, k, v, slots)
     return _triton_module().kv_write_decode(k_cache, v_cache, k, v, slots)
 

@@ -1,4 +1,5 @@
-"""Batch-1 decode linears in Triton: y = x·Wᵀ (+ b) for one or two activation rows, with fused epilogues.
+"""Batch-1 decode linears in Triton: y = x·Wᵀ (+ b) for one activation row, with fused epilogues (bf16/fp16/fp32
+weights, and int8 codes with a scale per row for W8A16).
 
 At batch 1 a decode step is a chain of matrix-vector products bound by reading the weights; what cuBLAS leaves on
 the table is (a) the small kernels between them and (b) a few per cent of bandwidth on the mid-sized shapes. These
@@ -8,7 +9,7 @@ across the row only at the end, and fold the element-wise op that follows the pr
 * ``EPILOGUE_NONE``    y = x·Wᵀ + b
 * ``EPILOGUE_SWIGLU``  W = [W_gate | W_up] (the MLP's fc1): y = silu(x·W_gateᵀ + b_g) ⊙ (x·W_upᵀ + b_u) — the
   intermediate [gate | up] vector is never written (paper's MLP, SwiGLU)
-* ``EPILOGUE_GATE``    y = silu(x·Wᵀ + b) ⊙ m — the GMU (paper eq. 4) with memory m, or the Mamba output gate
+* ``EPILOGUE_GATE``    y = silu(x·Wᵀ + b) ⊙ m — the GMU (paper eq. 4) with memory m
 
 Rows of W beyond N are clamped rather than masked so that the loads of the hot loop need no mask when K is a multiple
 of BLOCK_K (every shape of the official model). Runs under TRITON_INTERPRET=1 for CPU tests.
@@ -32,8 +33,17 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                 HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
+def _to_float(w, INT8: tl.constexpr):
+    """A weight tile as float32. int8 codes go through the bits of 2²³ + 128 + v minus 2²³ + 128 (exact), an integer
+    add and a float subtract instead of the quarter-rate int→float conversion instruction."""
+    if INT8:
+        return (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
+    return w.to(tl.float32)
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
+                 INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
                  BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
@@ -54,18 +64,22 @@ def _gemv_kernel(x_ptr, w_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, 
         else:
             x = tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
             w = tl.load(w_rows + ks[None, :], mask=(ks < K)[None, :], other=0.0)
-        acc += w.to(tl.float32) * x[None, :]
+        acc += _to_float(w, INT8) * x[None, :]
         if EPILOGUE == 1:
             if EVEN_K:
                 w2 = tl.load(w2_rows + ks[None, :])
             else:
                 w2 = tl.load(w2_rows + ks[None, :], mask=(ks < K)[None, :], other=0.0)
-            acc2 += w2.to(tl.float32) * x[None, :]
+            acc2 += _to_float(w2, INT8) * x[None, :]
     out = tl.sum(acc, axis=1)
+    if INT8:  # per-output-row scale
+        out *= tl.load(s_ptr + rows).to(tl.float32)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows).to(tl.float32)
     if EPILOGUE == 1:
         up = tl.sum(acc2, axis=1)
+        if INT8:
+            up *= tl.load(s_ptr + rows + N).to(tl.float32)
         if HAS_BIAS:
             up += tl.load(b_ptr + rows + N).to(tl.float32)
         out = out / (1.0 + tl.exp(-out)) * up
@@ -108,9 +122,12 @@ def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, epilogue: str = "none",
-         memory: torch.Tensor | None = None) -> torch.Tensor:
-    """x [..., K] (at most MAX_ROWS rows) · weight [N', K]ᵀ with the named epilogue; out [..., N] in x's dtype, where
-    N = N'/2 for ``swiglu`` and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``."""
+         memory: torch.Tensor | None = None, scales: torch.Tensor | None = None,
+         config: tuple[int, int, int] | None = None) -> torch.Tensor:
+    """x [..., K] · weight [N', K]ᵀ with the named epilogue; out [..., N] in x's dtype, where N = N'/2 for ``swiglu``
+    and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``. With ``scales`` [N'], ``weight``
+    holds int8 codes and row r is scaled by scales[r] (W8A16). ``config``: (block_n, block_k, num_warps) instead of
+    the table. Each activation row is its own pass over the weight (the seam sends one row; W8A16 up to four)."""
     kind = _EPILOGUES[epilogue]
     k = x.shape[-1]
     lead = x.shape[:-1]
@@ -126,10 +143,11 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
             mem = mem.contiguous()
     else:
         mem = y
-    block_n, block_k, warps = gemv_config(weight.shape[0], k)
+    block_n, block_k, warps = config or gemv_config(weight.shape[0], k)
     block_k = min(block_k, triton.next_power_of_2(k))
     grid = (triton.cdiv(n, block_n), m_rows)
-    _gemv_kernel[grid](x2, weight, bias if bias is not None else weight, mem, y, n, k, x2.stride(0),
-                       weight.stride(0), mem.stride(0), y.stride(0), HAS_BIAS=bias is not None, EPILOGUE=kind,
-                       EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+    _gemv_kernel[grid](x2, weight, scales if scales is not None else y, bias if bias is not None else y, mem, y, n, k,
+                       x2.stride(0), weight.stride(0), mem.stride(0), y.stride(0), INT8=scales is not None,
+                       HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0, BLOCK_N=block_n,
+                       BLOCK_K=block_k, num_warps=warps)
     return y.reshape(*lead, n)

@@ -3,8 +3,9 @@
 * ``mamba_decode_conv`` — one decode step of the causal depthwise conv + SiLU, shifting the conv state in place.
 * ``mamba_decode_ssm`` — one decode step of the selective SSM: softplus(dt + bias), state update in place, C·state,
   D skip and the silu(z) gate, in one pass over the state.
-* ``selective_scan`` — the prefill scan: each program owns a block of channels and walks time sequentially with its
-  SSM state in registers, starting from a given state and returning the final one (and optionally gating by z).
+* ``selective_scan`` — the prefill scan: each program owns a block of channels and walks time in chunks, each chunk's
+  recurrence solved for all states at once by a parallel associative scan, starting from a given state and returning
+  the final one (and optionally gating by z).
 * ``diff_attention_decode`` — decode-time (differential) attention for one query per sequence: every program reads one
   KV-head pair (or KV head) once for all the query heads that use it, over a slice of the cache (split-K, lengths and
   validity from device tensors, so it is CUDA-graph safe); a combine kernel merges the slices, forms A1 − λ·A2, applies
@@ -16,7 +17,6 @@ All math is float32 inside; inputs may be bf16/fp16/fp32.
 from __future__ import annotations
 
 import math
-import os
 
 import torch
 import triton
@@ -172,81 +172,16 @@ def _ssm_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _scan_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0_ptr, y_ptr, sout_ptr, D, L,
-                 stride_ub, stride_ud, stride_ut, stride_dtb, stride_dtd, stride_dtt, stride_bb, stride_bn, stride_bt,
-                 stride_cb, stride_cn, stride_ct, stride_zb, stride_zd, stride_zt, stride_yb, stride_yd,
-                 N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-                 HAS_S0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """Selective scan over time in chunks of BLOCK_T steps for a block of channels.
-
-    Each chunk is loaded as [BLOCK_D, BLOCK_T] tiles; for every state n the recurrence s_t = exp(Δ_t·A_n)·s_{t−1} +
-    Δ_t·u_t·B_t,n is solved for the whole chunk at once by a parallel (associative) scan of the affine maps, started
-    from the carried state; y_t = Σ_n s_t,n·C_t,n (+ D·u_t), gated by silu(z_t).
-    """
-    pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
-    offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
-    offs_n = tl.arange(0, N)
-    offs_t = tl.arange(0, BLOCK_T)
-    md = offs_d < D
-    m2 = md[:, None]
-    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
-    state_off = pid_b * D * N + offs_d[:, None] * N + offs_n[None, :]
-    if HAS_S0:
-        s = tl.load(s0_ptr + state_off, mask=m2, other=0.0)
-    else:
-        s = tl.zeros((BLOCK_D, N), dtype=tl.float32)
-    if HAS_D:
-        dvec = tl.load(d_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    if HAS_DTB:
-        dtb = tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    u_row = u_ptr + pid_b * stride_ub + offs_d[:, None] * stride_ud
-    dt_row = dt_ptr + pid_b * stride_dtb + offs_d[:, None] * stride_dtd
-    y_row = y_ptr + pid_b * stride_yb + offs_d[:, None] * stride_yd
-    z_row = z_ptr + pid_b * stride_zb + offs_d[:, None] * stride_zd
-    b_col = b_ptr + pid_b * stride_bb
-    c_col = c_ptr + pid_b * stride_cb
-    for t0 in range(0, L, BLOCK_T):
-        tt = t0 + offs_t
-        mt = tt < L
-        mdt = m2 & mt[None, :]
-        u = tl.load(u_row + tt[None, :] * stride_ut, mask=mdt, other=0.0).to(tl.float32)
-        dt = tl.load(dt_row + tt[None, :] * stride_dtt, mask=mdt, other=0.0).to(tl.float32)
-        if HAS_DTB:
-            dt += dtb[:, None]
-        if SOFTPLUS:
-            dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        dt = tl.where(mt[None, :], dt, 0.0)  # steps past the end leave the state as it is: exp(0) = 1, no input
-        du = dt * u
-        y = tl.zeros((BLOCK_D, BLOCK_T), dtype=tl.float32)
-        for n in tl.static_range(N):
-            pick = (offs_n == n)[None, :]
-            a_n = tl.sum(tl.where(pick, a, 0.0), axis=1)
-            s_n = tl.sum(tl.where(pick, s, 0.0), axis=1)
-            b_n = tl.load(b_col + n * stride_bn + tt * stride_bt, mask=mt, other=0.0).to(tl.float32)
-            c_n = tl.load(c_col + n * stride_cn + tt * stride_ct, mask=mt, other=0.0).to(tl.float32)
-            decay, inp = tl.associative_scan((tl.exp(dt * a_n[:, None]), du * b_n[None, :]), axis=1,
-                                             combine_fn=_ssm_combine)
-            h = decay * s_n[:, None] + inp  # the state s_t,n for every step of the chunk
-            y += h * c_n[None, :]
-            s_last = tl.sum(tl.where((offs_t == BLOCK_T - 1)[None, :], h, 0.0), axis=1)
-            s = tl.where(pick, s_last[:, None], s)
-        if HAS_D:
-            y += dvec[:, None] * u
-        if HAS_Z:
-            z = tl.load(z_row + tt[None, :] * stride_zt, mask=mdt, other=0.0).to(tl.float32)
-            y = y * (z / (1.0 + tl.exp(-z)))
-        tl.store(y_row + tt[None, :], y, mask=mdt)
-    tl.store(sout_ptr + state_off, s, mask=m2)
-
-
-@triton.jit
-def _scan3d_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0_ptr, y_ptr, sout_ptr, D, L,
                    stride_ub, stride_ud, stride_ut, stride_dtb, stride_dtd, stride_dtt, stride_bb, stride_bn, stride_bt,
                    stride_cb, stride_cn, stride_ct, stride_zb, stride_zd, stride_zt, stride_yb, stride_yd,
                    N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
                    HAS_S0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
-    """The same chunked scan as ``_scan_kernel`` with all N states of a chunk in one [BLOCK_D, N, BLOCK_T] tile:
-    one associative scan along time for every (channel, state) at once, y = Σ_n h·C as a reduction over the state
-    axis — no per-state extraction of A and s."""
+    """Selective scan over time in chunks of BLOCK_T steps for a block of BLOCK_D channels.
+
+    A chunk is one [BLOCK_D, N, BLOCK_T] tile of affine maps s ↦ exp(Δ_t·A_n)·s + Δ_t·u_t·B_t,n, composed by a single
+    parallel (associative) scan along time for every (channel, state) at once and applied to the carried state;
+    y_t = Σ_n s_t,n·C_t,n is a reduction over the state axis (+ D·u_t), gated by silu(z_t).
+    """
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
@@ -298,21 +233,12 @@ def _scan3d_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0
     tl.store(sout_ptr + state_off, s, mask=m2)
 
 
-SCAN_LAYOUT = os.environ.get("SAMBAY_SCAN", "3d")  # A/B switch between the two scan kernels
-
-
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
-                   block_d: int | None = None, block_t: int | None = None, num_warps: int | None = None,
-                   layout: str | None = None):
+                   block_d: int = 4, block_t: int = 16, num_warps: int = 1):
     """Triton version of reference.selective_scan: returns (y float32 [B, D, L], final state float32 [B, D, N]).
-    ``layout``: "3d" (``_scan3d_kernel``, the default: 524 µs for 2,048 steps × 5,120 channels on an H100 with
-    4 × 16 tiles and one warp; mamba-ssm's CUDA scan takes 440 µs) or "2d" (``_scan_kernel``, per-state scans:
-    1,371 µs with 16 × 32 and two warps); SAMBAY_SCAN sets the default (tools/bench_scan.py sweeps the tiles)."""
-    layout = layout or SCAN_LAYOUT
-    three_d = layout == "3d"
-    block_d = block_d or (4 if three_d else 16)
-    block_t = block_t or (16 if three_d else 32)
-    num_warps = num_warps or (1 if three_d else 2)
+    Default tiles: the best of tools/bench_scan.py on an H100 — 524 µs for 2,048 steps × 5,120 channels (mamba-ssm's
+    CUDA scan: 440 µs; an earlier kernel that scanned each state separately over [channels × time] tiles: 1,371 µs).
+    """
     bsz, dim, length = u.shape
     n = A.shape[-1]
     assert n == triton.next_power_of_2(n)
@@ -322,8 +248,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
     s0 = initial_state.float().contiguous() if initial_state is not None else None
     dummy = A
     grid = (bsz, triton.cdiv(dim, block_d))
-    kernel = _scan3d_kernel if layout == "3d" else _scan_kernel
-    kernel[grid](
+    _scan_kernel[grid](
         u, delta, A, B, C, D if D is not None else dummy, z if z is not None else dummy,
         delta_bias if delta_bias is not None else dummy, s0 if s0 is not None else dummy, y, s_out, dim, length,
         u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
@@ -488,8 +413,8 @@ _SM_COUNTS: dict[int, int] = {}
 
 
 def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
-                          out_dtype=torch.float32, splits: int | None = None, block_s: int = 128, num_warps: int = 4, num_stages: int = 2,
-                          programs_per_sm: int = 8):
+                          out_dtype=torch.float32, splits: int | None = None, block_s: int = 128, num_warps: int = 4,
+                          num_stages: int = 2, programs_per_sm: int = 8):
     """Decode attention for one query per sequence.
 
     q: [B, H, d]; k, v: [B, G, S_max, d] (a cache; only the first ``n_keys`` positions are read); valid: [B, S_max]

@@ -4,7 +4,7 @@ Dequantization happens in registers; the packed weight is read once.
 
 * GEMV (decode, few rows): each program owns BLOCK_N output channels for one activation row and walks the input
   dimension, multiplying the dequantized tile by the activation slice and reducing along K (CUDA cores; at batch 1
-  the op is bound by reading the weight).
+  the op is bound by reading the weight). int8 runs the dense GEMV of ``kernels/triton_gemv.py`` with a row scale.
 * GEMM (prefill): classic tiled matmul with ``tl.dot``; the int4 tile is split into its low-nibble (even columns) and
   high-nibble (odd columns) halves, each dotted with the matching even/odd activation columns, so no interleave is
   needed. Accumulation is float32; output in the activation dtype.
@@ -20,41 +20,13 @@ import torch
 import triton
 import triton.language as tl
 
+from ..kernels import triton_gemv
+
 GEMV_MAX_ROWS = 4  # up to this many activation rows use the GEMV kernels
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 # -------------------------------------------------------------------------------------------------------- int8
-
-
-@triton.jit
-def _w8_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
-                    HAS_BIAS: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Each program owns BLOCK_N output rows; a [BLOCK_N, BLOCK_K] float32 partial product is kept in registers
-    and reduced across the row once at the end; the per-row scale is applied to the sum. Rows past N are clamped
-    (loads need no mask when K is a multiple of BLOCK_K)."""
-    pid_n = tl.program_id(0)
-    row = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
-    offs_k = tl.arange(0, BLOCK_K)
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + offs_k
-        if EVEN_K:
-            x = tl.load(x_ptr + row * stride_xm + ks).to(tl.float32)
-            w = tl.load(w_ptr + rows[:, None] * stride_wn + ks[None, :])
-        else:
-            x = tl.load(x_ptr + row * stride_xm + ks, mask=ks < K, other=0.0).to(tl.float32)
-            w = tl.load(w_ptr + rows[:, None] * stride_wn + ks[None, :], mask=(ks < K)[None, :], other=0)
-        # int8 → float without a conversion instruction: bits of 2²³ + 128 + v, minus 2²³ + 128 (exact)
-        wf = (w.to(tl.int32) + 0x4B000080).to(tl.float32, bitcast=True) - 8388736.0
-        acc += wf * x[None, :]
-    out = tl.sum(acc, axis=1) * tl.load(s_ptr + rows).to(tl.float32)
-    if HAS_BIAS:
-        out += tl.load(b_ptr + rows).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
@@ -126,24 +98,24 @@ def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, s
 @triton.jit
 def _w4_gemv_words_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_sn,
                           stride_ym, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PER_GROUP: tl.constexpr):
+                          BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
     """int4 GEMV over 32-bit words (8 codes each; code i of word j is input column 8j + i at bits 4i..4i+3 — the
-    byte layout read little-endian). Each step takes [BLOCK_N, BLOCK_W] words; for every nibble position i the
-    codes become floats without an int→float conversion instruction (OR the 4 bits into the mantissa of 2²³, then
-    subtract 2²³ — exact) and are multiplied by the activations of columns 8j + i. Per word, the group's scale and
-    zero point are applied as scale·(Σ codes·x − zero·Σ x); a [BLOCK_N, BLOCK_W] float32 partial product is
-    reduced across the row once at the end."""
+    byte layout read little-endian). Each step takes [BLOCK_N, BLOCK_W] words (whole groups); for every nibble
+    position i the codes become floats without an int→float conversion instruction (OR the 4 bits into the mantissa
+    of 2²³, then subtract 2²³ — exact) and are multiplied by the activations of columns 8j + i. Each group's words are
+    then summed and its scale and zero point applied once: scale·(Σ codes·x − zero·Σ x), into a [BLOCK_N, groups]
+    float32 accumulator reduced across the row at the end."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     WPG: tl.constexpr = GROUP // 8  # words per group
+    NGS: tl.constexpr = BLOCK_W // WPG  # groups per step
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)
     kw = K // 8
     offs_w = tl.arange(0, BLOCK_W)
     x_row = x_ptr + row * stride_xm
-    acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
-    acc_g = tl.zeros((BLOCK_N, BLOCK_W // WPG if PER_GROUP else 1), dtype=tl.float32)
+    acc = tl.zeros((BLOCK_N, NGS), dtype=tl.float32)
     for w0 in range(0, kw, BLOCK_W):
         ws = w0 + offs_w
         mw = ws < kw
@@ -155,30 +127,17 @@ def _w4_gemv_words_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride
             code = (((words >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
             part += code * xi[None, :]
             x_sum += xi
-        if PER_GROUP:  # sum each group's words first: one scale/zero load per group instead of per word
-            NGS: tl.constexpr = BLOCK_W // WPG
-            part_g = tl.sum(tl.reshape(part, (BLOCK_N, NGS, WPG)), axis=2)
-            x_sum_g = tl.sum(tl.reshape(x_sum, (NGS, WPG)), axis=1)
-            grp = w0 // WPG + tl.arange(0, NGS)
-            mg = (grp < kw // WPG)[None, :]
-            scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0.0).to(tl.float32)
-            if HAS_ZEROS:
-                zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0).to(tl.float32)
-            else:
-                zero = 8.0
-            acc_g += scale * (part_g - zero * x_sum_g[None, :])
+        part_g = tl.sum(tl.reshape(part, (BLOCK_N, NGS, WPG)), axis=2)
+        x_sum_g = tl.sum(tl.reshape(x_sum, (NGS, WPG)), axis=1)
+        grp = w0 // WPG + tl.arange(0, NGS)
+        mg = (grp < kw // WPG)[None, :]
+        scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0).to(tl.float32)
         else:
-            grp = ws // WPG
-            scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mw[None, :], other=0.0)
-            if HAS_ZEROS:
-                zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mw[None, :], other=0)
-                zero = zero.to(tl.float32)
-            else:
-                zero = 8.0
-            acc += scale.to(tl.float32) * (part - zero * x_sum[None, :])
+            zero = 8.0
+        acc += scale * (part_g - zero * x_sum_g[None, :])
     out = tl.sum(acc, axis=1)
-    if PER_GROUP:
-        out += tl.sum(acc_g, axis=1)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
@@ -231,7 +190,7 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 # GEMV launch (rows per program, input columns per step, warps), the best of tools/bench_quant_gemv.py's sweep on an
 # H100 (CUDA-graph device time, weights rotated to defeat the L2 cache): all linears of one 3.8B token (lm_head
 # excluded) in 1.70 ms (int8) and 1.88 ms (int4) against 2.78 ms for bf16 cuBLAS. For int4 the byte-wise kernel wins
-# on 2560-wide inputs and the word-wise kernel with per-group sums on wider ones.
+# on 2560-wide inputs and the word-wise kernel on wider ones.
 def _default_gemv(fmt: str, k: int) -> tuple[str, dict[str, int]]:
     if fmt == "int8":
         cfg = (4, 512, 4) if k <= 2560 else (2, 1024, 4)
@@ -239,7 +198,7 @@ def _default_gemv(fmt: str, k: int) -> tuple[str, dict[str, int]]:
     elif k <= 2560:
         variant, cfg = "bytes", (8, 512, 4)
     else:
-        variant, cfg = "groups", (4, 1024, 4)
+        variant, cfg = "words", (4, 1024, 4)
     return variant, {"block_n": cfg[0], "block_k": cfg[1], "num_warps": cfg[2]}
 
 
@@ -254,8 +213,7 @@ def gemv_config(fmt: str, k: int = 2560) -> dict[str, int]:
 
 
 def int4_gemv_variant(k: int) -> str:
-    """Which int4 GEMV serves an input width ``k``: SAMBAY_INT4_GEMV (words | groups | bytes) or the measured
-    default."""
+    """Which int4 GEMV serves an input width ``k``: SAMBAY_INT4_GEMV (words | bytes) or the measured default."""
     return os.environ.get("SAMBAY_INT4_GEMV") or _default_gemv("int4", k)[0]
 
 
@@ -271,20 +229,16 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
-    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    b = bias if bias is not None else scales
-    if m <= GEMV_MAX_ROWS:
+    if m <= GEMV_MAX_ROWS:  # the dense GEMV kernel, reading int8 codes and scaling each output row
         cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int8", k)
-        block_n, block_k = cfg["block_n"], min(cfg["block_k"], triton.next_power_of_2(k))
-        grid = (triton.cdiv(n, block_n), m)
-        _w8_gemv_kernel[grid](x2, qweight, scales, b, y, n, k, x2.stride(0), qweight.stride(0), y.stride(0),
-                              HAS_BIAS=bias is not None, EVEN_K=k % block_k == 0, BLOCK_N=block_n, BLOCK_K=block_k,
-                              num_warps=cfg["num_warps"])
-    else:
-        bm, bn, bk = _gemm_blocks(m)
-        grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-        _w8_gemm_kernel[grid](x2, qweight, scales, b, y, m, n, k, x2.stride(0), qweight.stride(0), y.stride(0),
-                              HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk)
+        return triton_gemv.gemv(x, qweight, bias, scales=scales,
+                                config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"]))
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    bm, bn, bk = _gemm_blocks(m)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    _w8_gemm_kernel[grid](x2, qweight, scales, bias if bias is not None else scales, y, m, n, k, x2.stride(0),
+                          qweight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn,
+                          BLOCK_K=bk)
     return y.reshape(*lead, n)
 
 
@@ -300,14 +254,14 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     variant = int4_gemv_variant(k)
     if m <= GEMV_MAX_ROWS and k % 8 == 0 and group_size % 8 == 0 and qweight.is_contiguous() and variant != "bytes":
         cfg = {"block_n": 4, "block_k": 64, "num_warps": 1} if _INTERPRET else gemv_config("int4", k)
-        block_w = max(1, min(cfg["block_k"] // 8, triton.next_power_of_2(k // 8)))
-        per_group = variant == "groups" and block_w % (group_size // 8) == 0
+        # whole groups per step (group sizes are powers of two), no more than the row needs
+        block_w = max(group_size // 8, min(cfg["block_k"] // 8, triton.next_power_of_2(k // 8)))
         words = qweight.view(torch.int32)  # [N, K/8]
         grid = (triton.cdiv(n, cfg["block_n"]), m)
         _w4_gemv_words_kernel[grid](x2, words, scales, z, b, y, n, k, x2.stride(0), words.stride(0),
                                     scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
                                     HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_W=block_w,
-                                    PER_GROUP=per_group, num_warps=cfg["num_warps"])
+                                    num_warps=cfg["num_warps"])
     elif m <= GEMV_MAX_ROWS:  # odd widths and small fallback groups: the byte-wise kernel
         cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int4", k)
         block_n = cfg["block_n"]
