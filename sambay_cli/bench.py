@@ -190,11 +190,14 @@ def bench_sambay(model, cfg, *, batches, contexts, steps, prompt_len, gen_len, g
         for plen in prefill_lens:
             ids = torch.randint(0, cfg.vocab_size, (b, plen)).tolist()
             prefill(model, ids, 1)  # warm-up
-            _sync(device)
-            t0 = time.perf_counter()
-            prefill(model, ids, 1)
-            _sync(device)
-            dt = time.perf_counter() - t0
+            times = []
+            for _ in range(3):  # the median of three (one run can catch a clock or allocator hiccup)
+                _sync(device)
+                t0 = time.perf_counter()
+                prefill(model, ids, 1)
+                _sync(device)
+                times.append(time.perf_counter() - t0)
+            dt = sorted(times)[1]
             flops = b * prefill_flops(cfg, plen)
             peak = _peak_flops(torch.cuda.get_device_name(device)) if device.type == "cuda" else None
             out["prefill"].append({"batch": b, "prompt_len": plen, "seconds": dt, "tokens_per_s": b * plen / dt,

@@ -44,6 +44,46 @@ def test_conv_update(k):
     assert torch.equal(s_tri, s_ref)
 
 
+@pytest.mark.parametrize("length, with_state, padded", [(45, True, True), (2, True, False), (33, False, False)])
+def test_conv_prefill(length, with_state, padded):
+    """The prefill conv + SiLU over a chunk (channels last, read in place from a wider projection output): several
+    time tiles, a chunk shorter than the conv state, left padding, continuing from a state; the new state is the last
+    K−1 inputs (padding as zeros), the old one is left untouched."""
+    torch.manual_seed(10)
+    b, d, k = 2, 40, 4
+    xz = torch.randn(b, length, 2 * d, device=DEV)
+    x = xz[..., :d]  # a strided view, as the model passes the x half of in_proj's output
+    w, bias = torch.randn(d, k, device=DEV), torch.randn(d, device=DEV)
+    state = torch.randn(b, d, k - 1, device=DEV) if with_state else None
+    valid = None
+    if padded:
+        valid = torch.ones(b, length, dtype=torch.bool, device=DEV)
+        valid[1, :7] = False
+    before = state.clone() if state is not None else None
+    y_ref, s_ref = reference.causal_conv1d(x, w, bias, state, valid)
+    y_tri, s_tri = ops.causal_conv1d(x, w, bias, state, valid, block_t=16, block_d=32)
+    assert y_tri.shape == (b, length, d) and s_tri.shape == (b, d, k - 1)
+    _close(y_tri, y_ref)
+    _close(s_tri, s_ref)
+    if padded:
+        assert torch.all(y_tri[1, :7] == 0)
+    if state is not None:
+        assert torch.equal(state, before)
+
+
+def test_conv_prefill_continues_like_one_pass():
+    """Two chunks with the carried state equal one pass over both (the Triton kernel, float32)."""
+    torch.manual_seed(11)
+    b, d, k, length = 1, 24, 4, 30
+    x = torch.randn(b, length, d, device=DEV)
+    w = torch.randn(d, k, device=DEV)
+    y_all, s_all = ops.causal_conv1d(x, w, None, None, block_t=8, block_d=16)
+    y1, s1 = ops.causal_conv1d(x[:, :11], w, None, None, block_t=8, block_d=16)
+    y2, s2 = ops.causal_conv1d(x[:, 11:], w, None, s1, block_t=8, block_d=16)
+    _close(torch.cat([y1, y2], dim=1), y_all)
+    assert torch.allclose(s2, s_all)
+
+
 @pytest.mark.parametrize("gated", [True, False])
 def test_ssm_update(gated):
     torch.manual_seed(1)
@@ -78,6 +118,26 @@ def test_selective_scan(with_state, length):
     y_tri, s_tri = ops.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=dtb, initial_state=s0, block_t=8)
     _close(y_tri, y_ref)
     _close(s_tri, s_ref)
+
+
+def test_selective_scan_channels_last():
+    """The model's layouts: u, Δ and z are channels-last tensors seen as [B, D, L] (z a slice of the input
+    projection), and y comes back channels last in memory, so y.transpose(1, 2) is contiguous."""
+    torch.manual_seed(12)
+    b, d, n, length = 2, 24, 16, 19
+    xz = torch.randn(b, length, 2 * d, device=DEV)
+    u, z = xz[..., :d].transpose(1, 2), xz[..., d:].transpose(1, 2)
+    delta = torch.randn(b, length, d, device=DEV).transpose(1, 2)
+    A = -torch.rand(d, n, device=DEV) * 4
+    bc = torch.randn(b, length, 2 * n, device=DEV)
+    B, C = bc[..., :n].transpose(1, 2), bc[..., n:].transpose(1, 2)
+    D, dtb = torch.randn(d, device=DEV), torch.randn(d, device=DEV)
+    y_ref, s_ref = reference.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=dtb)
+    for block_d in (4, 16):  # lanes over channels and states, and over channels only
+        y_tri, s_tri = ops.selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=dtb, block_d=block_d, block_t=8)
+        assert y_tri.transpose(1, 2).is_contiguous()
+        _close(y_tri, y_ref)
+        _close(s_tri, s_ref)
 
 
 @pytest.mark.parametrize("diff, h, g", [(True, 4, 2), (True, 8, 4), (True, 8, 2), (False, 8, 2), (False, 4, 4)])
@@ -131,7 +191,7 @@ def test_attention_prefill(diff, h, g, window):
     """Flash-style prefill attention (IEEE dots in float32) equals the reference: an SWA-like key set (a ring of
     unsorted positions with empty slots, then the chunk), left padding in one row, queries that see no key."""
     torch.manual_seed(7)
-    b, d, lq, ring = 2, 16, 21, 9
+    b, d, lq, ring = 2, 16, 50, 9  # 4 query blocks of 16: the window skips whole key blocks
     lk = ring + lq
     q = torch.randn(b, h, lq, d, device=DEV)
     k = torch.randn(b, g, lk, d, device=DEV)
@@ -147,14 +207,20 @@ def test_attention_prefill(diff, h, g, window):
     lam = torch.tensor(0.37, device=DEV) if diff else None
     w = torch.randn(2 * d, device=DEV) if diff else None
     kw = dict(scale=d ** -0.5, lambda_full=lam, lambda_init=0.6, subln_weight=w, eps=1e-5)
-    ref = reference.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, **kw)
-    out = ops.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, block_m=16, block_n=16, **kw)
+    # the ring (unsorted positions) is passed as such, the chunk as consecutive keys from ``start``
+    ring_kv = (k[:, :, :ring], v[:, :, :ring], k_pos[:, :ring], k_valid[:, :ring])
+    args = (q, k[:, :, ring:], v[:, :, ring:], k_valid[:, ring:], start, start, window)
+    ref = reference.attention_prefill(*args, ring=ring_kv, **kw)
+    out = ops.attention_prefill(*args, ring=ring_kv, block_m=16, block_n=16, **kw)
     assert out.shape == ref.shape == (b, lq, h * d)
     _close(out, ref)
-    # keys shared by all rows (1-D positions), the last 5 queries only (the full-attention layer's ``keep``)
-    out = ops.attention_prefill(q[:, :, -5:], k, v, q_pos[-5:], k_pos[0], k_valid, window, block_m=16,
-                                block_n=16, **kw)
-    _close(out, reference.attention_prefill(q[:, :, -5:], k, v, q_pos[-5:], k_pos[0], k_valid, window, **kw))
+    # the same keys as one explicit-position set give the same answer (the reference's own mask rules)
+    mask = reference.attention_mask(q_pos, k_pos, k_valid, window)
+    _close(out, reference.differential_attention(q, k, v, mask, **kw).transpose(1, 2).reshape(b, lq, h * d))
+    # no ring, the last 5 queries only (the full-attention layer's ``keep``)
+    args = (q[:, :, -5:], k[:, :, ring:], v[:, :, ring:], k_valid[:, ring:], start + lq - 5, start, window)
+    out = ops.attention_prefill(*args, block_m=16, block_n=16, **kw)
+    _close(out, reference.attention_prefill(*args, **kw))
 
 
 @pytest.mark.skipif(not ON_GPU, reason="bf16 tensor-core dots: GPU")
@@ -167,13 +233,11 @@ def test_attention_prefill_bf16_official_shape(window):
     q = torch.randn(b, h, lq, d, device=DEV)
     k = torch.randn(b, g, past + lq, d, device=DEV)
     v = torch.randn(b, g, past + lq, d, device=DEV)
-    k_pos = torch.arange(past + lq, device=DEV)
-    q_pos = k_pos[past:]
     k_valid = torch.ones(b, past + lq, dtype=torch.bool, device=DEV)
     kw = dict(scale=d ** -0.5, lambda_full=torch.tensor(0.2, device=DEV), lambda_init=0.8,
               subln_weight=torch.rand(2 * d, device=DEV) + 0.5, eps=1e-5)
-    ref = reference.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, **kw)
-    out = ops.attention_prefill(q.bfloat16(), k.bfloat16(), v.bfloat16(), q_pos, k_pos, k_valid, window, **kw)
+    ref = reference.attention_prefill(q, k, v, k_valid, past, 0, window, **kw)
+    out = ops.attention_prefill(q.bfloat16(), k.bfloat16(), v.bfloat16(), k_valid, past, 0, window, **kw)
     _close(out, ref, tol=2e-2)
 
 
@@ -194,9 +258,8 @@ def test_attention_kernels_read_an_fp8_shared_kv():
         ref = reference.attention_decode(q[i:i + 1], k8[i:i + 1], v8[i:i + 1], valid[i:i + 1], n[i:i + 1], ni, **kw)
         _close(out[i:i + 1], ref)
     qp = torch.randn(b, h, 7, d, device=DEV)
-    pos = torch.arange(s_max, device=DEV)
-    out = ops.attention_prefill(qp, k8, v8, pos[-7:], pos, valid, None, block_m=16, block_n=16, **kw)
-    _close(out, reference.attention_prefill(qp, k8.float(), v8.float(), pos[-7:], pos, valid, None, **kw))
+    out = ops.attention_prefill(qp, k8, v8, valid, s_max - 7, 0, None, block_m=16, block_n=16, **kw)
+    _close(out, reference.attention_prefill(qp, k8.float(), v8.float(), valid, s_max - 7, 0, None, **kw))
 
 
 def test_whole_model_with_triton_kernels_matches_golden(monkeypatch):
@@ -336,3 +399,4 @@ def test_ssm_update_with_fused_dt_proj_and_out_dtype(gated):
     y16 = ops.selective_state_update(state.clone(), x, low, A, B, C, D=D, dt_bias=dtb, dt_proj_weight=w_dt,
                                      out_dtype=torch.float16)
     assert y16.dtype == torch.float16
+

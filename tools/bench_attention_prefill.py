@@ -2,6 +2,7 @@
 """Time the Triton prefill attention on the official head layout for several launch configurations (GPU).
 
     python tools/bench_attention_prefill.py --chunk 2048 --past 0 2048 30720
+    python tools/bench_attention_prefill.py --chunk 2048 --past 2048 --window 512    # SWA: ring + chunk
 
 Reports µs per call and TFLOP/s of the executed (visible) score/value products, both streams.
 """
@@ -30,19 +31,24 @@ def main() -> None:
     h, g, d = 40, 20, 64
     dev = "cuda"
     for past in args.past:
-        lk = past + args.chunk
+        window = args.window or None
+        # full attention: the shared KV from position 0; SWA: a ring of the window before the chunk + the chunk
+        lk = args.chunk if window else past + args.chunk
         q = torch.randn(1, h, args.chunk, d, device=dev, dtype=torch.bfloat16)
         k = torch.randn(1, g, lk, d, device=dev, dtype=torch.bfloat16)
         v = torch.randn_like(k)
-        k_pos = torch.arange(lk, device=dev)
         valid = torch.ones(1, lk, dtype=torch.bool, device=dev)
-        window = args.window or None
-        visible = sum(min(past + i + 1, window or lk) for i in range(args.chunk))
+        ring = None
+        if window:
+            rpos = torch.arange(past - window, past, device=dev).roll(past % window).unsqueeze(0)
+            ring = (torch.randn(1, g, window, d, device=dev, dtype=torch.bfloat16),
+                    torch.randn(1, g, window, d, device=dev, dtype=torch.bfloat16), rpos, rpos >= 0)
+        visible = sum(min(past + i + 1, window or lk + past) for i in range(args.chunk))
         flops = 2 * 2 * d * h * visible * 1.5  # QK (d) and PV (2d) per stream, two streams per head pair
         best = []
-        kw = dict(scale=0.125, lambda_full=torch.tensor(0.3, device=dev), lambda_init=0.8,
+        kw = dict(ring=ring, scale=0.125, lambda_full=torch.tensor(0.3, device=dev), lambda_init=0.8,
                   subln_weight=torch.ones(2 * d, device=dev), eps=1e-5)
-        inputs = (q, k, v, k_pos[past:], k_pos, valid, window)
+        inputs = (q, k, v, valid, past, past if window else 0, window)
         for bm, bn, warps, stages in itertools.product((64, 128), (32, 64), (4, 8), (2, 3)):
             def run(bm=bm, bn=bn, warps=warps, stages=stages, inputs=inputs, kw=kw):
                 return triton_ops.attention_prefill(*inputs, block_m=bm, block_n=bn, num_warps=warps,

@@ -1,10 +1,10 @@
 """The dispatch seam for device-specific operations.
 
 The model calls only the functions exported here. Each op has an ordered list of implementations; the first one
-whose ``available(*tensors)`` is true runs. Today the torch reference (``reference.py``) is the only
-implementation everywhere else; on CUDA the project's Triton kernels (``triton_ops.py``) take the Mamba decode step,
-the prefill scan and decode attention. Optional mamba-ssm / flash-attn kernels can register in front the same way
-without any change to the model code.
+whose ``available(*tensors)`` is true runs. Off CUDA the torch reference (``reference.py``) is the only
+implementation; on CUDA the project's Triton kernels (``triton_ops.py``, ``triton_gemv.py``) take the Mamba conv and
+scan (prefill and decode), attention (prefill and decode), the fused element-wise ops and the batch-1 linears.
+Optional mamba-ssm / flash-attn kernels can register in front the same way without any change to the model code.
 
 ``SAMBAY_KERNELS=torch`` forces the reference everywhere (for A/B comparisons and debugging);
 ``SAMBAY_KERNELS=triton`` forces the Triton kernels where they exist, even on CPU tensors (tests run them under the
@@ -104,21 +104,18 @@ def _triton_attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_
                                                   out_dtype=out_dtype)
 
 
-def _triton_attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_full, lambda_init,
-                              subln_weight, eps):
-    if not (_pow2(q.shape[-1]) and q.shape[-1] >= 16):
-        return reference.attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, scale=scale,
-                                           lambda_full=lambda_full, lambda_init=lambda_init,
-                                           subln_weight=subln_weight, eps=eps)
-    return _triton_module().attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, scale=scale,
-                                              lambda_full=lambda_full, lambda_init=lambda_init,
-                                              subln_weight=subln_weight, eps=eps)
+def _triton_attention_prefill(q, k, v, k_valid, q_start, k_start, window, *, ring=None, scale, lambda_full,
+                              lambda_init, subln_weight, eps):
+    impl = _triton_module() if _pow2(q.shape[-1]) and q.shape[-1] >= 16 else reference
+    return impl.attention_prefill(q, k, v, k_valid, q_start, k_start, window, ring=ring, scale=scale,
+                                  lambda_full=lambda_full, lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)
 
 
 def _triton_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True,
-                           initial_state=None):
+                           initial_state=None, out_dtype=torch.float32):
     return _triton_module().selective_scan(u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias,
-                                           delta_softplus=delta_softplus, initial_state=initial_state)
+                                           delta_softplus=delta_softplus, initial_state=initial_state,
+                                           out_dtype=out_dtype)
 
 
 def _triton_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
@@ -126,6 +123,12 @@ def _triton_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt
     return _triton_module().selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                                                    dt_softplus=dt_softplus, dt_proj_weight=dt_proj_weight,
                                                    out_dtype=out_dtype)
+
+
+def _triton_conv(x, weight, bias, conv_state=None, valid=None, out_dtype=torch.float32):
+    if weight.shape[-1] < 2 or x.stride(-1) != 1:
+        return reference.causal_conv1d(x, weight, bias, conv_state, valid, out_dtype)
+    return _triton_module().causal_conv1d(x, weight, bias, conv_state, valid, out_dtype)
 
 
 def _triton_conv_update(x, conv_state, weight, bias, out_dtype=torch.float32):
@@ -206,6 +209,7 @@ register("gmu_gate", "triton", _triton_gmu_gate, _on_cuda_with_triton)
 register("selective_scan", "triton", _triton_selective_scan, _on_cuda_with_triton)
 register("selective_state_update", "triton", _triton_state_update, _on_cuda_with_triton)
 register("causal_conv1d_update", "triton", _triton_conv_update, _on_cuda_with_triton)
+register("causal_conv1d", "triton", _triton_conv, _on_cuda_with_triton)
 
 
 def resolve(op: str, *tensors: torch.Tensor) -> Implementation:
@@ -227,17 +231,19 @@ def backends() -> dict[str, str]:
     return {op: resolve(op, probe).name for op in _REGISTRY}
 
 
-def causal_conv1d(x, weight, bias, conv_state=None):
-    return resolve("causal_conv1d", x).fn(x, weight, bias, conv_state)
+def causal_conv1d(x, weight, bias, conv_state=None, valid=None, out_dtype=torch.float32):
+    return resolve("causal_conv1d", x).fn(x, weight, bias, conv_state, valid, out_dtype)
 
 
 def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
     return resolve("causal_conv1d_update", x).fn(x, conv_state, weight, bias, out_dtype)
 
 
-def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None):
+def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
+                   out_dtype=torch.float32):
     return resolve("selective_scan", u).fn(
-        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, initial_state=initial_state
+        u, delta, A, B, C, D=D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus, initial_state=initial_state,
+        out_dtype=out_dtype,
     )
 
 
@@ -249,10 +255,11 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     )
 
 
-def attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_full, lambda_init, subln_weight, eps):
+def attention_prefill(q, k, v, k_valid, q_start, k_start, window, *, ring=None, scale, lambda_full, lambda_init,
+                      subln_weight, eps):
     return resolve("attention_prefill", q).fn(
-        q, k, v, q_pos, k_pos, k_valid, window, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init,
-        subln_weight=subln_weight, eps=eps,
+        q, k, v, k_valid, q_start, k_start, window, ring=ring, scale=scale, lambda_full=lambda_full,
+        lambda_init=lambda_init, subln_weight=subln_weight, eps=eps,
     )
 
 

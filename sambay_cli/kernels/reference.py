@@ -14,24 +14,34 @@ import torch.nn.functional as F
 
 
 def causal_conv1d(
-    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, conv_state: torch.Tensor | None = None
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    conv_state: torch.Tensor | None = None,
+    valid: torch.Tensor | None = None,
+    out_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Causal depthwise convolution followed by SiLU, continuing from ``conv_state``.
+    """Causal depthwise convolution followed by SiLU over a chunk, continuing from ``conv_state``.
 
-    x: [B, D, L] raw (pre-conv) inputs; weight: [D, K]; bias: [D] or None;
-    conv_state: [B, D, K-1] the raw inputs of the K-1 positions before x (None: zeros).
-    Returns (silu(conv(x)) as float32 [B, D, L], the new conv state [B, D, K-1] in float32).
+    x: [B, L, D] raw (pre-conv) inputs, channels last as the input projection produces them (any strides);
+    weight: [D, K]; bias: [D] or None; conv_state: [B, D, K-1] the inputs of the K-1 positions before x (None:
+    zeros); valid: [B, L] bool, False at padding — padded inputs count as zeros and padded outputs are zeros.
+    Returns (silu(conv(x)) [B, L, D] in ``out_dtype``, the new conv state [B, D, K-1] float32).
     ``weight[:, K-1]`` multiplies the current position.
     """
-    bsz, dim, length = x.shape
+    bsz, length, dim = x.shape
     k = weight.shape[-1]
-    x = x.float()
+    u = x.float().transpose(1, 2)  # [B, D, L]
+    if valid is not None:
+        u = u * valid[:, None, :].float()
     if conv_state is None:
-        conv_state = x.new_zeros(bsz, dim, k - 1)
-    full = torch.cat([conv_state.float(), x], dim=-1)  # [B, D, K-1+L]
-    y = F.conv1d(full, weight.float().unsqueeze(1), bias.float() if bias is not None else None, groups=dim)
+        conv_state = u.new_zeros(bsz, dim, k - 1)
+    full = torch.cat([conv_state.float(), u], dim=-1)  # [B, D, K-1+L]
+    y = F.silu(F.conv1d(full, weight.float().unsqueeze(1), bias.float() if bias is not None else None, groups=dim))
+    if valid is not None:
+        y = y * valid[:, None, :].float()
     new_state = full[:, :, full.shape[-1] - (k - 1):].contiguous() if k > 1 else full[:, :, :0]
-    return F.silu(y), new_state
+    return y.transpose(1, 2).to(out_dtype), new_state
 
 
 def causal_conv1d_update(
@@ -62,6 +72,7 @@ def selective_scan(
     delta_softplus: bool = True,
     initial_state: torch.Tensor | None = None,
     time_chunk: int = 64,
+    out_dtype: torch.dtype = torch.float32,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mamba-1 selective scan (paper eq. 2a/2b, discretised as in mamba_ssm).
 
@@ -69,7 +80,7 @@ def selective_scan(
       Δ_t = softplus(delta_t + delta_bias)
       s_t = exp(Δ_t·A) ⊙ s_{t−1} + (Δ_t·u_t) ⊗ B_t
       y_t = s_t · C_t + D ⊙ u_t            (then ⊙ silu(z_t) when z is given)
-    Returns (y float32 [B, D, L], final state float32 [B, D, N]).
+    Returns (y [B, D, L] in ``out_dtype``, final state float32 [B, D, N]).
     """
     u = u.float()
     delta = delta.float()
@@ -101,7 +112,7 @@ def selective_scan(
         y = y + D.float()[None, :, None] * u
     if z is not None:
         y = y * F.silu(z.float())
-    return y, state
+    return y.to(out_dtype), state
 
 
 def selective_state_update(
@@ -299,23 +310,33 @@ def attention_prefill(
     q: torch.Tensor,
     k: torch.Tensor,
     v: torch.Tensor,
-    q_pos: torch.Tensor,
-    k_pos: torch.Tensor,
     k_valid: torch.Tensor,
+    q_start: int,
+    k_start: int,
     window: int | None,
     *,
+    ring: tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
     scale: float,
     lambda_full: torch.Tensor | None,
     lambda_init: float,
     subln_weight: torch.Tensor | None,
     eps: float,
 ) -> torch.Tensor:
-    """Attention of a chunk of queries at positions ``q_pos`` [Lq] over keys at ``k_pos`` ([Lk] or [B, Lk]) with
-    validity ``k_valid`` [B, Lk] (``attention_mask`` rules; ``window`` for sliding-window layers).
+    """Attention of a chunk of queries at consecutive positions from ``q_start`` over keys at consecutive positions
+    from ``k_start`` with validity ``k_valid`` [B, Lk] (``attention_mask`` rules; ``window`` for sliding-window
+    layers). ``ring`` = (k, v [B, G, W, d], positions [B, W] (−1: empty slot), valid [B, W]) adds keys at arbitrary
+    positions — the sliding-window cache of the positions before the chunk.
     q: [B, H, Lq, d]; k, v: [B, G, Lk, d]. Returns [B, Lq, H·d] in q's dtype."""
-    mask = attention_mask(q_pos, k_pos, k_valid, window)
     dtype = q.dtype
-    out = differential_attention(q, k.to(dtype), v.to(dtype), mask, scale=scale, lambda_full=lambda_full,
-                                 lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)  # [B, H, Lq, d]
+    q_pos = torch.arange(q_start, q_start + q.shape[2], device=q.device)
+    k_pos = torch.arange(k_start, k_start + k.shape[2], device=q.device).expand(k.shape[0], -1)
+    k, v = k.to(dtype), v.to(dtype)
+    if ring is not None:
+        rk, rv, rpos, rvalid = ring
+        k, v = torch.cat([rk.to(dtype), k], dim=2), torch.cat([rv.to(dtype), v], dim=2)
+        k_pos, k_valid = torch.cat([rpos, k_pos], dim=1), torch.cat([rvalid, k_valid], dim=1)
+    mask = attention_mask(q_pos, k_pos, k_valid, window)
+    out = differential_attention(q, k, v, mask, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init,
+                                 subln_weight=subln_weight, eps=eps)  # [B, H, Lq, d]
     bsz, h, lq, d = out.shape
     return out.transpose(1, 2).reshape(bsz, lq, h * d).to(dtype)

@@ -1,11 +1,15 @@
 """The project's own Triton kernels for SambaY (CUDA; also run by the Triton interpreter on CPU in tests).
 
-* ``mamba_decode_conv`` — one decode step of the causal depthwise conv + SiLU, shifting the conv state in place.
-* ``mamba_decode_ssm`` — one decode step of the selective SSM: softplus(dt + bias), state update in place, C·state,
+* ``causal_conv1d_update`` — one decode step of the causal depthwise conv + SiLU, shifting the conv state in place.
+* ``selective_state_update`` — one decode step of the selective SSM: softplus(dt + bias), state update in place, C·state,
   D skip and the silu(z) gate, in one pass over the state.
+* ``causal_conv1d`` — the prefill conv + SiLU over a chunk, channels last, masking padding and returning the next
+  conv state.
 * ``selective_scan`` — the prefill scan: each program owns a block of channels and walks time in chunks, each chunk's
   recurrence solved for all states at once by a parallel associative scan, starting from a given state and returning
-  the final one (and optionally gating by z).
+  the final one (and optionally gating by z); reads and writes the model's channels-last tensors in place.
+* ``attention_prefill`` — flash-style (differential) attention of a chunk of queries over a SWA ring and/or
+  consecutive keys, visiting only the key blocks a query block can see.
 * ``diff_attention_decode`` — decode-time (differential) attention for one query per sequence: every program reads one
   KV-head pair (or KV head) once for all the query heads that use it, over a slice of the cache (split-K, lengths and
   validity from device tensors, so it is CUDA-graph safe); a combine kernel merges the slices, forms A1 − λ·A2, applies
@@ -17,6 +21,7 @@ All math is float32 inside; inputs may be bf16/fp16/fp32.
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
@@ -62,6 +67,81 @@ def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
                               conv_state.stride(0), conv_state.stride(1), y.stride(0), K=k,
                               HAS_BIAS=bias is not None, BLOCK_D=block)
     return y
+
+
+# ------------------------------------------------------------------------------------------------ Mamba prefill conv
+
+
+@triton.jit
+def _conv_input(x_ptr, s_ptr, v_ptr, b, src, offs_d, md, stride_xb, stride_xt, stride_sb, stride_sd, stride_vb,
+                K: tl.constexpr, HAS_VALID: tl.constexpr):
+    """The conv input at chunk positions ``src`` (any shape broadcasting against channels ``offs_d``): x·valid for
+    src ≥ 0, the carried conv state (slot K−1+src) for src < 0."""
+    inside = src >= 0
+    xv = tl.load(x_ptr + b * stride_xb + src * stride_xt + offs_d, mask=md & inside, other=0.0).to(tl.float32)
+    if HAS_VALID:
+        xv = xv * tl.load(v_ptr + b * stride_vb + src, mask=inside, other=0).to(tl.float32)
+    sv = tl.load(s_ptr + b * stride_sb + offs_d * stride_sd + (K - 1 + src), mask=md & (src < 0), other=0.0)
+    return xv + sv
+
+
+@triton.jit
+def _conv_prefill_kernel(x_ptr, s_ptr, w_ptr, b_ptr, v_ptr, y_ptr, snew_ptr, L, D,
+                         stride_xb, stride_xt, stride_sb, stride_sd, stride_vb, stride_yb, stride_yt,
+                         K: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_VALID: tl.constexpr,
+                         BLOCK_T: tl.constexpr, BLOCK_D: tl.constexpr):
+    """One [BLOCK_T positions × BLOCK_D channels] tile of y_t = silu(bias + Σ_k w_k·u_{t−K+1+k})·valid_t, channels
+    contiguous (coalesced); the tile holding the chunk's end also writes the next conv state (its last K−1 inputs)."""
+    b = tl.program_id(0).to(tl.int64)
+    pid_t = tl.program_id(1)
+    offs_t = pid_t * BLOCK_T + tl.arange(0, BLOCK_T)
+    offs_d = tl.program_id(2) * BLOCK_D + tl.arange(0, BLOCK_D)
+    md = offs_d < D
+    mt = offs_t < L
+    acc = tl.zeros((BLOCK_T, BLOCK_D), tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + offs_d, mask=md, other=0.0).to(tl.float32)[None, :]
+    for k in tl.static_range(K):
+        src = tl.where(mt, offs_t - (K - 1) + k, -K)[:, None]  # rows past the end read nothing
+        u = _conv_input(x_ptr, s_ptr, v_ptr, b, src, offs_d[None, :], md[None, :], stride_xb, stride_xt,
+                        stride_sb, stride_sd, stride_vb, K, HAS_VALID)
+        acc += u * tl.load(w_ptr + offs_d * K + k, mask=md, other=0.0).to(tl.float32)[None, :]
+    y = acc / (1.0 + tl.exp(-acc))
+    if HAS_VALID:
+        y = y * tl.load(v_ptr + b * stride_vb + offs_t, mask=mt, other=0).to(tl.float32)[:, None]
+    tl.store(y_ptr + b * stride_yb + offs_t[:, None] * stride_yt + offs_d[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=mt[:, None] & md[None, :])
+    if pid_t == tl.num_programs(1) - 1:
+        for j in tl.static_range(K - 1):
+            pos = tl.zeros_like(offs_d) + (L - (K - 1) + j)  # one position, as a vector (vector masks)
+            inp = _conv_input(x_ptr, s_ptr, v_ptr, b, pos, offs_d, md, stride_xb, stride_xt,
+                              stride_sb, stride_sd, stride_vb, K, HAS_VALID)
+            tl.store(snew_ptr + b * D * (K - 1) + offs_d * (K - 1) + j, inp, mask=md)
+
+
+def causal_conv1d(x, weight, bias, conv_state, valid=None, out_dtype=torch.float32, block_t: int = 32,
+                  block_d: int = 128):
+    """Triton version of reference.causal_conv1d: x [B, L, D] with unit channel stride (the in_proj output's x half
+    is read in place), conv_state [B, D, K-1] float32; returns (y [B, L, D] out_dtype, new state float32)."""
+    bsz, length, dim = x.shape
+    k = weight.shape[-1]
+    assert k >= 2 and x.stride(-1) == 1
+    if conv_state is None:
+        conv_state = torch.zeros(bsz, dim, k - 1, device=x.device)
+    assert conv_state.dtype == torch.float32 and conv_state.stride(-1) == 1
+    weight = weight.contiguous()
+    y = torch.empty(bsz, length, dim, device=x.device, dtype=out_dtype)
+    new_state = torch.empty(bsz, dim, k - 1, device=x.device, dtype=torch.float32)
+    if valid is not None and valid.dtype == torch.bool:
+        valid = valid.view(torch.uint8)
+    grid = (bsz, max(1, triton.cdiv(length, block_t)), triton.cdiv(dim, block_d))
+    _conv_prefill_kernel[grid](
+        x, conv_state, weight, bias if bias is not None else weight, valid if valid is not None else weight, y,
+        new_state, length, dim, x.stride(0), x.stride(1), conv_state.stride(0), conv_state.stride(1),
+        valid.stride(0) if valid is not None else 0, y.stride(0), y.stride(1),
+        K=k, HAS_BIAS=bias is not None, HAS_VALID=valid is not None, BLOCK_T=block_t, BLOCK_D=block_d,
+    )
+    return y, new_state
 
 
 @triton.jit
@@ -172,78 +252,98 @@ def _ssm_combine(a1, b1, a2, b2):
 
 @triton.jit
 def _scan_kernel(u_ptr, dt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, s0_ptr, y_ptr, sout_ptr, D, L,
-                   stride_ub, stride_ud, stride_ut, stride_dtb, stride_dtd, stride_dtt, stride_bb, stride_bn, stride_bt,
-                   stride_cb, stride_cn, stride_ct, stride_zb, stride_zd, stride_zt, stride_yb, stride_yd,
-                   N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-                   HAS_S0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_T: tl.constexpr):
+                    stride_ub, stride_ud, stride_ut, stride_dtb, stride_dtd, stride_dtt, stride_bb, stride_bn,
+                    stride_bt, stride_cb, stride_cn, stride_ct, stride_zb, stride_zd, stride_zt, stride_yb,
+                    stride_yd, stride_yt, N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr,
+                    HAS_DTB: tl.constexpr, HAS_S0: tl.constexpr, SOFTPLUS: tl.constexpr, BLOCK_D: tl.constexpr,
+                    BLOCK_T: tl.constexpr):
     """Selective scan over time in chunks of BLOCK_T steps for a block of BLOCK_D channels.
 
-    A chunk is one [BLOCK_D, N, BLOCK_T] tile of affine maps s ↦ exp(Δ_t·A_n)·s + Δ_t·u_t·B_t,n, composed by a single
-    parallel (associative) scan along time for every (channel, state) at once and applied to the carried state;
-    y_t = Σ_n s_t,n·C_t,n is a reduction over the state axis (+ D·u_t), gated by silu(z_t).
+    A chunk is one time-major [BLOCK_T, N, BLOCK_D] tile of affine maps s ↦ exp(Δ_t·A_n)·s + Δ_t·u_t·B_t,n, composed by
+    a parallel (associative) scan along time for every (channel, state) at once and applied to the carried state;
+    y_t = Σ_n s_t,n·C_t,n is a reduction over the state axis (+ D·u_t), gated by silu(z_t). With time as the slowest
+    tile axis, Triton's layout keeps each thread's time steps in its registers (the scan needs no shuffles) and puts
+    channels (contiguous in the model's channels-last tensors) and states across lanes.
     """
     pid_b = tl.program_id(0).to(tl.int64)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
     offs_t = tl.arange(0, BLOCK_T)
     md = offs_d < D
-    m2 = md[:, None]
-    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
-    state_off = pid_b * D * N + offs_d[:, None] * N + offs_n[None, :]
+    a = tl.load(a_ptr + offs_d[None, :] * N + offs_n[:, None], mask=md[None, :], other=0.0).to(tl.float32)
+    state_off = pid_b * D * N + offs_d[None, :] * N + offs_n[:, None]  # [N, BLOCK_D]
     if HAS_S0:
-        s = tl.load(s0_ptr + state_off, mask=m2, other=0.0)
+        s = tl.load(s0_ptr + state_off, mask=md[None, :], other=0.0)
     else:
-        s = tl.zeros((BLOCK_D, N), dtype=tl.float32)
+        s = tl.zeros((N, BLOCK_D), dtype=tl.float32)
     if HAS_D:
         dvec = tl.load(d_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_DTB:
         dtb = tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
-    u_row = u_ptr + pid_b * stride_ub + offs_d[:, None] * stride_ud
-    dt_row = dt_ptr + pid_b * stride_dtb + offs_d[:, None] * stride_dtd
-    y_row = y_ptr + pid_b * stride_yb + offs_d[:, None] * stride_yd
-    z_row = z_ptr + pid_b * stride_zb + offs_d[:, None] * stride_zd
-    b_col = b_ptr + pid_b * stride_bb + offs_n[:, None] * stride_bn
-    c_col = c_ptr + pid_b * stride_cb + offs_n[:, None] * stride_cn
-    last = (offs_t == BLOCK_T - 1)[None, None, :]
+    u_col = u_ptr + pid_b * stride_ub + offs_d[None, :] * stride_ud
+    dt_col = dt_ptr + pid_b * stride_dtb + offs_d[None, :] * stride_dtd
+    y_col = y_ptr + pid_b * stride_yb + offs_d[None, :] * stride_yd
+    z_col = z_ptr + pid_b * stride_zb + offs_d[None, :] * stride_zd
+    b_row = b_ptr + pid_b * stride_bb + offs_n[None, :] * stride_bn
+    c_row = c_ptr + pid_b * stride_cb + offs_n[None, :] * stride_cn
+    last = (offs_t == BLOCK_T - 1)[:, None, None]
     for t0 in range(0, L, BLOCK_T):
         tt = t0 + offs_t
         mt = tt < L
-        mdt = m2 & mt[None, :]
-        u = tl.load(u_row + tt[None, :] * stride_ut, mask=mdt, other=0.0).to(tl.float32)
-        dt = tl.load(dt_row + tt[None, :] * stride_dtt, mask=mdt, other=0.0).to(tl.float32)
+        mtd = mt[:, None] & md[None, :]
+        u = tl.load(u_col + tt[:, None] * stride_ut, mask=mtd, other=0.0).to(tl.float32)  # [BLOCK_T, BLOCK_D]
+        dt = tl.load(dt_col + tt[:, None] * stride_dtt, mask=mtd, other=0.0).to(tl.float32)
         if HAS_DTB:
-            dt += dtb[:, None]
+            dt += dtb[None, :]
         if SOFTPLUS:
             dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-        dt = tl.where(mt[None, :], dt, 0.0)  # steps past the end leave the state as it is
-        bt = tl.load(b_col + tt[None, :] * stride_bt, mask=mt[None, :], other=0.0).to(tl.float32)  # [N, BLOCK_T]
-        ct = tl.load(c_col + tt[None, :] * stride_ct, mask=mt[None, :], other=0.0).to(tl.float32)
-        decay = tl.exp(dt[:, None, :] * a[:, :, None])  # [BLOCK_D, N, BLOCK_T]
-        inp = (dt * u)[:, None, :] * bt[None, :, :]
-        decay, inp = tl.associative_scan((decay, inp), axis=2, combine_fn=_ssm_combine)
-        h = decay * s[:, :, None] + inp
-        y = tl.sum(h * ct[None, :, :], axis=1)  # [BLOCK_D, BLOCK_T]
-        s = tl.sum(tl.where(last, h, 0.0), axis=2)
+        dt = tl.where(mt[:, None], dt, 0.0)  # steps past the end leave the state as it is
+        bt = tl.load(b_row + tt[:, None] * stride_bt, mask=mt[:, None], other=0.0).to(tl.float32)  # [BLOCK_T, N]
+        ct = tl.load(c_row + tt[:, None] * stride_ct, mask=mt[:, None], other=0.0).to(tl.float32)
+        decay = tl.exp(dt[:, None, :] * a[None, :, :])  # [BLOCK_T, N, BLOCK_D]
+        inp = (dt * u)[:, None, :] * bt[:, :, None]
+        decay, inp = tl.associative_scan((decay, inp), axis=0, combine_fn=_ssm_combine)
+        h = decay * s[None, :, :] + inp
+        y = tl.sum(h * ct[:, :, None], axis=1)  # [BLOCK_T, BLOCK_D]
+        s = tl.sum(tl.where(last, h, 0.0), axis=0)
         if HAS_D:
-            y += dvec[:, None] * u
+            y += dvec[None, :] * u
         if HAS_Z:
-            z = tl.load(z_row + tt[None, :] * stride_zt, mask=mdt, other=0.0).to(tl.float32)
+            z = tl.load(z_col + tt[:, None] * stride_zt, mask=mtd, other=0.0).to(tl.float32)
             y = y * (z / (1.0 + tl.exp(-z)))
-        tl.store(y_row + tt[None, :], y, mask=mdt)
-    tl.store(sout_ptr + state_off, s, mask=m2)
+        tl.store(y_col + tt[:, None] * stride_yt, y.to(y_ptr.dtype.element_ty), mask=mtd)
+    tl.store(sout_ptr + state_off, s, mask=md[None, :])
+
+
+SCAN_CONFIG = (4, 32, 1)  # block_d, block_t, num_warps: the best of tools/bench_scan.py on an H100
+
+
+def scan_config() -> tuple[int, int, int]:
+    """The scan's launch configuration; SAMBAY_SCAN="block_d,block_t,num_warps" overrides it (tuning)."""
+    override = os.environ.get("SAMBAY_SCAN", "")
+    if "," in override:
+        bd, bt, nw = (int(v) for v in override.split(","))
+        return bd, bt, nw
+    return SCAN_CONFIG
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
-                   block_d: int = 4, block_t: int = 16, num_warps: int = 1):
-    """Triton version of reference.selective_scan: returns (y float32 [B, D, L], final state float32 [B, D, N]).
-    Default tiles: the best of tools/bench_scan.py on an H100 — 524 µs for 2,048 steps × 5,120 channels (mamba-ssm's
-    CUDA scan: 440 µs; an earlier kernel that scanned each state separately over [channels × time] tiles: 1,371 µs).
+                   out_dtype=torch.float32, block_d: int | None = None, block_t: int | None = None,
+                   num_warps: int | None = None):
+    """Triton version of reference.selective_scan: returns (y [B, D, L] in ``out_dtype``, final state float32
+    [B, D, N]). Inputs may have any strides. y is laid out channels last in memory (a [B, L, D] tensor seen as
+    [B, D, L]), so ``y.transpose(1, 2)`` feeds the output projection without a copy.
+    Default tiles: the best of tools/bench_scan.py on an H100 (see docs/performance.md).
     """
+    cfg = scan_config()
+    block_d = block_d or cfg[0]
+    block_t = block_t or cfg[1]
+    num_warps = num_warps or cfg[2]
     bsz, dim, length = u.shape
     n = A.shape[-1]
     assert n == triton.next_power_of_2(n)
     A = A.float().contiguous()
-    y = torch.empty(bsz, dim, length, device=u.device, dtype=torch.float32)
+    y = torch.empty(bsz, length, dim, device=u.device, dtype=out_dtype).transpose(1, 2)
     s_out = torch.empty(bsz, dim, n, device=u.device, dtype=torch.float32)
     s0 = initial_state.float().contiguous() if initial_state is not None else None
     dummy = A
@@ -254,7 +354,7 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
         u.stride(0), u.stride(1), u.stride(2), delta.stride(0), delta.stride(1), delta.stride(2),
         B.stride(0), B.stride(1), B.stride(2), C.stride(0), C.stride(1), C.stride(2),
         z.stride(0) if z is not None else 0, z.stride(1) if z is not None else 0, z.stride(2) if z is not None else 0,
-        y.stride(0), y.stride(1),
+        y.stride(0), y.stride(1), y.stride(2),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=delta_bias is not None, HAS_S0=s0 is not None,
         SOFTPLUS=delta_softplus, BLOCK_D=block_d, BLOCK_T=block_t, num_warps=num_warps,
     )
@@ -493,19 +593,41 @@ def _softmax_step(s, m, lsum):
 
 
 @triton.jit
-def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, kvalid_ptr, lam_ptr, w_ptr, out_ptr,
-                         stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
-                         stride_vb, stride_vh, stride_vl, stride_kpb, stride_kvb, stride_ob, stride_ol,
-                         Lq, Lk, NP, window, scale, lambda_init, eps,
+def _attn_tile(qa, qb, ka_ptrs, kb_ptrs, v_ptrs, n_ok, vis, ma, la, acca, mb, lb, accb,
+               DIFF: tl.constexpr, IEEE: tl.constexpr):
+    """Fold one block of keys (visibility ``vis`` [M, N]) into the online softmax of one stream (two for DIFF)."""
+    v = tl.load(v_ptrs, mask=n_ok[:, None], other=0.0).to(qa.dtype)
+    ka = tl.load(ka_ptrs, mask=n_ok[:, None], other=0.0).to(qa.dtype)
+    sa = tl.where(vis, _qk(qa, ka, IEEE), float("-inf"))
+    ma, ca, pa, la = _softmax_step(sa, ma, la)
+    acca = acca * ca[:, None] + _pv(pa, v, IEEE)
+    if DIFF:
+        kb = tl.load(kb_ptrs, mask=n_ok[:, None], other=0.0).to(qa.dtype)
+        sb = tl.where(vis, _qk(qb, kb, IEEE), float("-inf"))
+        mb, cb, pb, lb = _softmax_step(sb, mb, lb)
+        accb = accb * cb[:, None] + _pv(pb, v, IEEE)
+    return ma, la, acca, mb, lb, accb
+
+
+@triton.jit
+def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, kvalid_ptr, rk_ptr, rv_ptr, rpos_ptr, rvalid_ptr, lam_ptr, w_ptr,
+                         out_ptr, stride_qb, stride_qh, stride_ql, stride_kb, stride_kh, stride_kl,
+                         stride_vb, stride_vh, stride_vl, stride_kvb, stride_rkb, stride_rkh, stride_rkl,
+                         stride_rvb, stride_rvh, stride_rvl, stride_rpb, stride_rvab, stride_ob, stride_ol,
+                         Lq, Lk, LR, NP, q_start, k_start, window, scale, lambda_init, eps,
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, HAS_WINDOW: tl.constexpr,
-                         BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
+                         HAS_RING: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IEEE: tl.constexpr):
     """Flash-style attention over a chunk of queries: one program per (block of queries, row, head pair or head).
+
+    Queries sit at consecutive positions from ``q_start``, keys at consecutive positions from ``k_start`` (the chunk
+    itself, or the shared KV from 0), optionally preceded by a ring of keys at arbitrary positions (the SWA cache,
+    read in place). Sequential keys are visited only over the range a query block can see (causal, and inside the
+    window): a sliding-window layer costs O(window) per query, not O(chunk).
 
     Differential (DIFF): pair p = query heads (2p, 2p+1) reads KV heads (2g, 2g+1), g = p // R; the two softmax streams
     S1 = q_2p·k_2gᵀ and S2 = q_2p+1·k_2g+1ᵀ each multiply V̂ = [v_2g | v_2g+1] (one [BLOCK_N, 2·HD] tile), and the
     epilogue forms RMSNorm(A1 − λ·A2)·(1 − λ_init) and writes heads 2p, 2p+1. Plain: head p reads KV head p // R.
-    Visibility as ``reference.attention_mask``: valid, not in the future, inside the window; key blocks with no
-    visible key for this query block are skipped (causal and sliding-window halves cost nothing).
+    Visibility as ``reference.attention_mask``: valid, not in the future, inside the window.
     """
     pid_m = tl.program_id(0)
     pid_bp = tl.program_id(1)
@@ -516,51 +638,63 @@ def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, kvalid_ptr, la
     offs_d = tl.arange(0, HD)
     offs_w = tl.arange(0, W)
     m_ok = offs_m < Lq
-    q_pos = tl.load(qpos_ptr + offs_m, mask=m_ok, other=-1)
-    q_lo = tl.min(tl.where(m_ok, q_pos, 2 ** 62), axis=0)
-    q_hi = tl.max(q_pos, axis=0)
+    q_pos = q_start + offs_m
+    q_lo = q_start + pid_m * BLOCK_M
+    q_hi = q_start + tl.minimum(pid_m * BLOCK_M + BLOCK_M, Lq) - 1
     g = p // R
     head_a = 2 * p if DIFF else p
     kv_a = 2 * g if DIFF else g
     qa = tl.load(q_ptr + b * stride_qb + head_a * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
                  mask=m_ok[:, None], other=0.0)
     qa = (qa.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
-    ka_base = k_ptr + b * stride_kb + kv_a * stride_kh + offs_d[None, :]
-    # V̂ columns: [v_2g | v_2g+1] for differential attention, v_g otherwise
-    v_base = v_ptr + b * stride_vb + (kv_a + offs_w // HD)[None, :] * stride_vh + (offs_w % HD)[None, :]
     ma = tl.full((BLOCK_M,), float("-inf"), tl.float32)
     la = tl.zeros((BLOCK_M,), tl.float32)
     acca = tl.zeros((BLOCK_M, W), tl.float32)
+    qb, mb, lb, accb = qa, ma, la, acca
     if DIFF:
-        qb = tl.load(q_ptr + b * stride_qb + (head_a + 1) * stride_qh + offs_m[:, None] * stride_ql + offs_d[None, :],
-                     mask=m_ok[:, None], other=0.0)
+        qb = tl.load(q_ptr + b * stride_qb + (head_a + 1) * stride_qh + offs_m[:, None] * stride_ql
+                     + offs_d[None, :], mask=m_ok[:, None], other=0.0)
         qb = (qb.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)
-        kb_base = ka_base + stride_kh
-        mb = tl.full((BLOCK_M,), float("-inf"), tl.float32)
-        lb = tl.zeros((BLOCK_M,), tl.float32)
-        accb = tl.zeros((BLOCK_M, W), tl.float32)
-    for n0 in range(0, Lk, BLOCK_N):
+    # V̂ columns: [v_2g | v_2g+1] for differential attention, v_g otherwise
+    v_cols = (kv_a + offs_w // HD)[None, :]
+    if HAS_RING:  # keys at arbitrary positions (−1: empty slot); blocks nobody in this query block sees are skipped
+        rk_base = rk_ptr + b * stride_rkb + kv_a * stride_rkh + offs_d[None, :]
+        rv_base = rv_ptr + b * stride_rvb + v_cols * stride_rvh + (offs_w % HD)[None, :]
+        for n0 in range(0, LR, BLOCK_N):
+            offs_n = n0 + tl.arange(0, BLOCK_N)
+            n_ok = offs_n < LR
+            k_pos = tl.load(rpos_ptr + b * stride_rpb + offs_n, mask=n_ok, other=-1)
+            k_ok = n_ok & (k_pos >= 0) & (tl.load(rvalid_ptr + b * stride_rvab + offs_n, mask=n_ok, other=0) != 0)
+            k_ok = k_ok & (k_pos <= q_hi)
+            if HAS_WINDOW:
+                k_ok = k_ok & (k_pos > q_lo - window)
+            if tl.max(k_ok.to(tl.int32), axis=0) > 0:
+                vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
+                if HAS_WINDOW:
+                    vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
+                ka_ptrs = rk_base + offs_n[:, None] * stride_rkl
+                ma, la, acca, mb, lb, accb = _attn_tile(qa, qb, ka_ptrs, ka_ptrs + stride_rkh,
+                                                        rv_base + offs_n[:, None] * stride_rvl, n_ok, vis,
+                                                        ma, la, acca, mb, lb, accb, DIFF, IEEE)
+    # consecutive keys: only the blocks between the window's start and the causal end of this query block
+    k_base = k_ptr + b * stride_kb + kv_a * stride_kh + offs_d[None, :]
+    v_base = v_ptr + b * stride_vb + v_cols * stride_vh + (offs_w % HD)[None, :]
+    hi = tl.minimum(Lk, q_hi - k_start + 1)
+    lo = 0
+    if HAS_WINDOW:
+        lo = tl.maximum(q_lo - window + 1 - k_start, 0) // BLOCK_N * BLOCK_N
+    for n0 in range(lo, hi, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         n_ok = offs_n < Lk
-        k_pos = tl.load(kpos_ptr + b * stride_kpb + offs_n, mask=n_ok, other=-1)
-        k_ok = n_ok & (k_pos >= 0) & (tl.load(kvalid_ptr + b * stride_kvb + offs_n, mask=n_ok, other=0) != 0)
-        k_ok = k_ok & (k_pos <= q_hi)
+        k_pos = k_start + offs_n
+        k_ok = n_ok & (tl.load(kvalid_ptr + b * stride_kvb + offs_n, mask=n_ok, other=0) != 0)
+        vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
         if HAS_WINDOW:
-            k_ok = k_ok & (k_pos > q_lo - window)
-        if tl.max(k_ok.to(tl.int32), axis=0) > 0:
-            vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
-            if HAS_WINDOW:
-                vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
-            v = tl.load(v_base + offs_n[:, None] * stride_vl, mask=n_ok[:, None], other=0.0).to(qa.dtype)
-            ka = tl.load(ka_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0).to(qa.dtype)
-            sa = tl.where(vis, _qk(qa, ka, IEEE), float("-inf"))
-            ma, ca, pa, la = _softmax_step(sa, ma, la)
-            acca = acca * ca[:, None] + _pv(pa, v, IEEE)
-            if DIFF:
-                kb = tl.load(kb_base + offs_n[:, None] * stride_kl, mask=n_ok[:, None], other=0.0).to(qa.dtype)
-                sb = tl.where(vis, _qk(qb, kb, IEEE), float("-inf"))
-                mb, cb, pb, lb = _softmax_step(sb, mb, lb)
-                accb = accb * cb[:, None] + _pv(pb, v, IEEE)
+            vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
+        ka_ptrs = k_base + offs_n[:, None] * stride_kl
+        ma, la, acca, mb, lb, accb = _attn_tile(qa, qb, ka_ptrs, ka_ptrs + stride_kh,
+                                                v_base + offs_n[:, None] * stride_vl, n_ok, vis,
+                                                ma, la, acca, mb, lb, accb, DIFF, IEEE)
     o = acca / tl.where(la == 0.0, 1.0, la)[:, None]  # rows with no visible key give zeros, as the reference
     if DIFF:
         o = o - tl.load(lam_ptr) * (accb / tl.where(lb == 0.0, 1.0, lb)[:, None])
@@ -570,12 +704,14 @@ def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, qpos_ptr, kpos_ptr, kvalid_ptr, la
     tl.store(out, o.to(out_ptr.dtype.element_ty), mask=m_ok[:, None])
 
 
-def attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_full, lambda_init, subln_weight,
-                      eps, block_m: int = 64, block_n: int = 64, num_warps: int | None = None, num_stages: int = 2):
+def attention_prefill(q, k, v, k_valid, q_start, k_start, window, *, ring=None, scale, lambda_full, lambda_init,
+                      subln_weight, eps, block_m: int = 64, block_n: int = 64, num_warps: int | None = None,
+                      num_stages: int = 2):
     """Attention of a chunk of queries over its keys (see ``reference.attention_prefill``).
 
-    q: [B, H, Lq, d]; k, v: [B, G, Lk, d] (any strides with unit last stride); q_pos [Lq]; k_pos [Lk] or [B, Lk];
-    k_valid [B, Lk]. Returns [B, Lq, H·d] in q's dtype.
+    q: [B, H, Lq, d] at positions q_start…; k, v: [B, G, Lk, d] at positions k_start… (any strides with unit last
+    stride), k_valid [B, Lk]; ring: optional (k, v [B, G, W, d], positions [B, W] (−1: empty), valid [B, W]) keys
+    read before k. Returns [B, Lq, H·d] in q's dtype.
     """
     bsz, h, lq, d = q.shape
     g, lk = k.shape[1], k.shape[2]
@@ -584,22 +720,29 @@ def attention_prefill(q, k, v, q_pos, k_pos, k_valid, window, *, scale, lambda_f
     r = n_prog // (g // 2) if diff else h // g
     assert d == triton.next_power_of_2(d) and d >= 16, "head_dim must be a power of 2 (>= 16)"
     out = torch.empty(bsz, lq, h * d, device=q.device, dtype=q.dtype)
-    if k_valid.dtype == torch.bool:
-        k_valid = k_valid.view(torch.uint8)
-    if k_pos.dim() == 1:
-        k_pos = k_pos.unsqueeze(0)
+
+    def u8(t):
+        return t.view(torch.uint8) if t.dtype == torch.bool else t
+
+    k_valid = u8(k_valid)
+    if ring is not None:
+        rk, rv, rpos, rvalid = ring
+        rvalid = u8(rvalid)
+        lr = rk.shape[2]
+    else:
+        rk, rv, rpos, rvalid, lr = k, v, k_valid, k_valid, 0
     if num_warps is None:
         num_warps = 8 if diff else 4
-    lam = lambda_full.reshape(1).float() if diff else q_pos
-    w = subln_weight if diff else q_pos
+    lam = lambda_full.reshape(1).float() if diff else k_valid
+    w = subln_weight if diff else k_valid
     _attn_prefill_kernel[(triton.cdiv(lq, block_m), bsz * n_prog)](
-        q, k, v, q_pos, k_pos, k_valid, lam, w, out,
+        q, k, v, k_valid, rk, rv, rpos, rvalid, lam, w, out,
         q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
-        v.stride(0), v.stride(1), v.stride(2), k_pos.stride(0) if k_pos.shape[0] > 1 else 0, k_valid.stride(0),
-        out.stride(0), out.stride(1),
-        lq, lk, n_prog, int(window or 0), float(scale), float(lambda_init), float(eps),
-        R=r, HD=d, DIFF=diff, HAS_WINDOW=window is not None, BLOCK_M=block_m, BLOCK_N=block_n,
-        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
+        v.stride(0), v.stride(1), v.stride(2), k_valid.stride(0), rk.stride(0), rk.stride(1), rk.stride(2),
+        rv.stride(0), rv.stride(1), rv.stride(2), rpos.stride(0), rvalid.stride(0), out.stride(0), out.stride(1),
+        lq, lk, lr, n_prog, int(q_start), int(k_start), int(window or 0), float(scale), float(lambda_init), float(eps),
+        R=r, HD=d, DIFF=diff, HAS_WINDOW=window is not None, HAS_RING=ring is not None, BLOCK_M=block_m,
+        BLOCK_N=block_n, IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     return out
 

@@ -65,7 +65,6 @@ class SambaYCache:
             self.kv_k = torch.zeros(batch_size, g, max_length, hd, device=device, dtype=self.kv_dtype)
             self.kv_v = torch.zeros(batch_size, g, max_length, hd, device=device, dtype=self.kv_dtype)
         self.kv_valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
-        self.kv_pos = torch.arange(max_length, device=device)
         self.chunk_valid: torch.Tensor | None = None  # set by begin() for the chunk being processed
         # per-row decode position, keys visible to it, and the ring size (device tensors: graph-safe)
         self.rows = torch.arange(batch_size, device=device)

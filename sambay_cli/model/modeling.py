@@ -151,22 +151,21 @@ class Mamba(nn.Module):
                 dt_bias=self.dt_proj.bias, dt_softplus=True, dt_proj_weight=w_dt, out_dtype=dtype,
             ).unsqueeze(1)  # [B, 1, d_inner]
         else:
-            valid = cache.chunk_valid  # [B, L]; padded positions contribute nothing
-            mask = valid.unsqueeze(1).to(torch.float32)
-            u = xs.transpose(1, 2).float() * mask  # [B, d_inner, L]
-            xc, new_conv_state = kernels.causal_conv1d(u, conv_w, self.conv1d.bias, conv_state)
+            # conv + SiLU over the chunk, channels last; padded positions (chunk_valid False) contribute nothing
+            xc, new_conv_state = kernels.causal_conv1d(xs, conv_w, self.conv1d.bias, conv_state,
+                                                       valid=cache.chunk_valid, out_dtype=dtype)  # [B, L, d_inner]
             conv_state.copy_(new_conv_state)
-            xc = (xc * mask).to(dtype)  # [B, d_inner, L]
-            x_dbl = self.x_proj(xc.transpose(1, 2))  # [B, L, R + 2N]
+            x_dbl = self.x_proj(xc)  # [B, L, R + 2N]
             dt_low, b, c = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
-            dt = F.linear(dt_low, self.dt_proj.weight).transpose(1, 2)  # [B, d_inner, L]
+            dt = F.linear(dt_low, self.dt_proj.weight)  # [B, L, d_inner]; bias and softplus inside the scan
+            # the scan takes channels-before-time views of these channels-last tensors (no copies)
             y, last_state = kernels.selective_scan(
-                xc, dt, A, b.transpose(1, 2), c.transpose(1, 2), D=self.D,
+                xc.transpose(1, 2), dt.transpose(1, 2), A, b.transpose(1, 2), c.transpose(1, 2), D=self.D,
                 z=None if self.is_memory else z.transpose(1, 2),
-                delta_bias=self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state,
+                delta_bias=self.dt_proj.bias, delta_softplus=True, initial_state=ssm_state, out_dtype=dtype,
             )
             ssm_state.copy_(last_state)
-            y = y.transpose(1, 2)  # [B, L, d_inner] f32
+            y = y.transpose(1, 2)  # [B, L, d_inner] in the model dtype
         if self.is_memory:
             memory = y.to(dtype)  # the scan output with the D skip, before the gate (a no-op at decode)
             return self.out_proj(kernels.gmu_gate(z, memory)), memory
@@ -251,6 +250,11 @@ class Attention(nn.Module):
         b, length, _ = t.shape
         return t.view(b, length, n, self.head_dim).transpose(1, 2)  # [B, n, L, d]
 
+    @staticmethod
+    def _shared_kv(cache: SambaYCache, end: int):
+        """Keys/values of the shared KV up to ``end`` (positions 0 …), as stored: attention widens an fp8 cache."""
+        return cache.kv_k[:, :, :end], cache.kv_v[:, :, :end], cache.kv_valid[:, :end], 0
+
     def _decode(self, x: torch.Tensor, cache: SambaYCache) -> torch.Tensor:
         """One new token per row (x: [B, 1, C]): write its K/V, then attend over the ring / shared KV."""
         dtype = x.dtype
@@ -287,45 +291,41 @@ class Attention(nn.Module):
         positions only (None: all). Returns [B, L or keep, C]."""
         if decode:
             return self._decode(x, cache)
-        dtype = x.dtype
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
+        start, length = cache.seen, positions.numel()  # this chunk's positions: start … start + length − 1
+        ring = None
         if self.kind == CROSS_ATTENTION:
             q = self._heads(self.Wqkv(x), self.num_heads)
-            k, v = cache.kv_k[:, :, : cache.seen + positions.numel()], cache.kv_v[:, :, : cache.seen + positions.numel()]
-            k_pos = cache.kv_pos[: k.shape[2]]
-            k_valid = cache.kv_valid[:, : k.shape[2]]
-            q_pos = positions[positions.numel() - q.shape[2]:]
+            k, v, k_valid, k_start = self._shared_kv(cache, start + length)
         else:
             qkv = self.Wqkv(x)
             q = self._heads(qkv[..., :q_size], self.num_heads)
-            k_new = self._heads(qkv[..., q_size:q_size + kv_size], self.num_kv_heads)
-            v_new = self._heads(qkv[..., q_size + kv_size:], self.num_kv_heads)
+            k = self._heads(qkv[..., q_size:q_size + kv_size], self.num_kv_heads)
+            v = self._heads(qkv[..., q_size + kv_size:], self.num_kv_heads)
             if self.kind == SWA:
-                # keys: the ring (previous ``window`` positions) followed by this chunk; written to the ring after.
-                ring_k, ring_v = cache.swa_k[self.layer_idx], cache.swa_v[self.layer_idx]
-                k = torch.cat([ring_k.to(dtype), k_new], dim=2)
-                v = torch.cat([ring_v.to(dtype), v_new], dim=2)
-                k_pos = torch.cat([cache.swa_pos, positions.expand(cache.batch_size, -1)], dim=1)
-                k_valid = torch.cat([cache.swa_valid, cache.chunk_valid], dim=1)
-                cache.write_swa(self.layer_idx, k_new, v_new)
+                # keys: the ring (the ``window`` positions before the chunk, read in place) and the chunk itself
+                ring = (cache.swa_k[self.layer_idx], cache.swa_v[self.layer_idx], cache.swa_pos, cache.swa_valid)
+                k_valid, k_start = cache.chunk_valid, start
             else:  # full attention: the shared KV producer
-                cache.write_kv(k_new, v_new)
-                end = cache.seen + positions.numel()
-                k, v = cache.kv_k[:, :, :end], cache.kv_v[:, :, :end]  # attention widens an fp8 cache itself
-                k_pos = cache.kv_pos[:end]
-                k_valid = cache.kv_valid[:, :end]
-            q_pos = positions
+                cache.write_kv(k, v)
+                k, v, k_valid, k_start = self._shared_kv(cache, start + length)
             if keep is not None:
                 q = q[:, :, q.shape[2] - keep:]
-                q_pos = positions[positions.numel() - keep:]
         da = self.inner_cross_attn
-        out = kernels.attention_prefill(
-            q, k, v, q_pos, k_pos, k_valid, self.window, scale=self.scale,
-            lambda_full=da.lambda_full(self.lambda_init) if da is not None else None,
-            lambda_init=self.lambda_init,
-            subln_weight=da.subln.weight if da is not None else None,
-            eps=da.subln.eps if da is not None else 1e-5,
-        )  # [B, L, H·d] in x's dtype
+        kw = dict(scale=self.scale, lambda_full=da.lambda_full(self.lambda_init) if da is not None else None,
+                  lambda_init=self.lambda_init, subln_weight=da.subln.weight if da is not None else None,
+                  eps=da.subln.eps if da is not None else 1e-5)
+        if q.shape[2] == 1 and self.kind != SWA:
+            # one query over the whole shared KV (the last position of a prompt): the split-K decode kernel spreads
+            # the keys over the GPU, where a query-blocked kernel would walk them in one program per head pair
+            end = start + length
+            n_keys_t = torch.full((q.shape[0],), end, dtype=torch.long, device=q.device)
+            out = kernels.attention_decode(q[:, :, 0], k, v, k_valid, n_keys_t, end, out_dtype=q.dtype, **kw)
+            return self.out_proj(out.reshape(q.shape[0], 1, q_size))
+        out = kernels.attention_prefill(q, k, v, k_valid, start + length - q.shape[2], k_start, self.window,
+                                        ring=ring, **kw)  # [B, L, H·d] in x's dtype
+        if self.kind == SWA:  # the ring is overwritten only once attention has read it
+            cache.write_swa(self.layer_idx, k, v)
         return self.out_proj(out)
 
 
