@@ -40,6 +40,30 @@ def test_w8a16_matches_reference(rows):
     assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
+@pytest.mark.parametrize("epilogue", ["swiglu", "gate"])
+def test_w8a16_fused_epilogues(epilogue):
+    """An int8 QuantLinear's fused decode path (one GEMV kernel with the SwiGLU / GMU-gate epilogue) equals the layer
+    followed by the element-wise op, in float32; at two rows the unfused path serves."""
+    from sambay_cli.quant.modules import QuantLinear, linear_then_epilogue
+
+    torch.manual_seed(4)
+    n, k = 48, 80
+    q = formats.quantize_int8(torch.randn(n, k))
+    layer = QuantLinear("int8", k, n, {"qweight": q.qweight, "scales": q.scales}, torch.randn(n),
+                        torch.float32).to(DEV)
+    out_n = n // 2 if epilogue == "swiglu" else n
+    for rows in (1, 2):
+        x = torch.randn(rows, k, device=DEV)
+        memory = torch.randn(rows, out_n, device=DEV) if epilogue == "gate" else None
+        ref = linear_then_epilogue(x, layer, epilogue, memory)
+        y = layer.forward_fused(x, epilogue, memory)  # the seam: Triton on CUDA, the torch path elsewhere
+        assert y.shape == (rows, out_n)
+        assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
+        # the fused kernel itself (under the interpreter on CPU)
+        y = tk.w8a16_gemv(x, layer.qweight, layer.scales, layer.bias, epilogue=epilogue, memory=memory)
+        assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
+
+
 @pytest.mark.parametrize("rows,symmetric,group", [(1, False, 32), (2, True, 16), (19, False, 32), (17, True, 64)])
 def test_w4a16_matches_reference(rows, symmetric, group):
     torch.manual_seed(rows)

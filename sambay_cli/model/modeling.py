@@ -89,6 +89,8 @@ class SwiGLU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if is_plain_linear(self.fc1):  # one kernel for fc1 and the gate at decode
             return self.fc2(kernels.linear_swiglu(x, self.fc1.weight, self.fc1.bias))
+        if hasattr(self.fc1, "forward_fused"):  # a quantized fc1 with its own fused path
+            return self.fc2(self.fc1.forward_fused(x, "swiglu"))
         gate, up = self.fc1(x).chunk(2, dim=-1)
         return self.fc2(kernels.swiglu(gate, up))
 
@@ -186,6 +188,8 @@ class GatedMemoryUnit(nn.Module):
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
         if is_plain_linear(self.in_proj):  # one kernel for in_proj and the gate at decode
             return self.out_proj(kernels.linear_gate(x, self.in_proj.weight, self.in_proj.bias, memory))
+        if hasattr(self.in_proj, "forward_fused"):
+            return self.out_proj(self.in_proj.forward_fused(x, "gate", memory))
         return self.out_proj(kernels.gmu_gate(self.in_proj(x), memory))
 
 

@@ -102,6 +102,13 @@ class QuantLinear(nn.Module):
         op = OP_OF_FORMAT[self.fmt]
         return kernels.resolve(op, x).fn(x, self)
 
+    def forward_fused(self, x: torch.Tensor, epilogue: str, memory: torch.Tensor | None = None) -> torch.Tensor:
+        """This layer followed by an element-wise epilogue, in one kernel where one exists (int8 at decode on CUDA):
+        ``swiglu`` — the rows are [gate | up], returns silu(gate)·up; ``gate`` — returns silu(y)·memory (the GMU)."""
+        if self.fmt == "int8":
+            return kernels.resolve("w8a16_linear_epilogue", x).fn(x, self, epilogue, memory)
+        return linear_then_epilogue(x, self, epilogue, memory)
+
 
 OP_OF_FORMAT = {"int8": "w8a16_linear", "int4": "w4a16_linear", "nf4": "bnb4_linear", "fp4": "bnb4_linear",
                 "bnb-int8": "bnb8_linear"}
@@ -126,6 +133,16 @@ def dequant_linear(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
         out[..., start:stop] = F.linear(x, layer.dequantize_rows(start, stop, x.dtype),
                                         bias[start:stop] if bias is not None else None)
     return out
+
+
+def linear_then_epilogue(x: torch.Tensor, layer: QuantLinear, epilogue: str,
+                         memory: torch.Tensor | None = None) -> torch.Tensor:
+    """The unfused path: the layer, then the element-wise kernel."""
+    y = layer(x)
+    if epilogue == "swiglu":
+        gate, up = y.chunk(2, dim=-1)
+        return kernels.swiglu(gate, up)
+    return kernels.gmu_gate(y, memory)
 
 
 def _cpu_int8pack_available(x: torch.Tensor, *_args) -> bool:
@@ -192,6 +209,13 @@ def triton_w8a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     return _triton_quant().w8a16_linear(x, layer.qweight, layer.scales, layer.bias)
 
 
+def triton_w8a16_epilogue(x: torch.Tensor, layer: QuantLinear, epilogue: str,
+                          memory: torch.Tensor | None = None) -> torch.Tensor:
+    if x.numel() // x.shape[-1] != 1:  # the fused epilogues serve decode's single row; cuBLAS-sized work unfused
+        return linear_then_epilogue(x, layer, epilogue, memory)
+    return _triton_quant().w8a16_gemv(x, layer.qweight, layer.scales, layer.bias, epilogue=epilogue, memory=memory)
+
+
 def triton_w4a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     return _triton_quant().w4a16_linear(x, layer.qweight, layer.scales, layer.zeros_or_none, layer.group_size,
                                         layer.bias)
@@ -239,7 +263,9 @@ for _op in ("w8a16_linear", "w4a16_linear", "bnb4_linear", "bnb8_linear"):
     kernels.register(_op, "torch", dequant_linear, kernels.always, first=False)
 kernels.register("w8a16_linear", "cpu-int8pack", cpu_int8pack, _cpu_int8pack_available)
 kernels.register("w4a16_linear", "cpu-int4pack", cpu_int4pack, _cpu_int4pack_available)
+kernels.register("w8a16_linear_epilogue", "torch", linear_then_epilogue, kernels.always, first=False)
 kernels.register("w8a16_linear", "triton", triton_w8a16, _triton_available)
+kernels.register("w8a16_linear_epilogue", "triton", triton_w8a16_epilogue, _triton_available)
 kernels.register("w4a16_linear", "triton", triton_w4a16, _triton_available)
 kernels.register("bnb4_linear", "bitsandbytes", bnb4_linear, _bnb_cuda_available)
 kernels.register("bnb8_linear", "bitsandbytes", bnb8_linear, _bnb_cuda_available)

@@ -223,16 +223,23 @@ def _gemm_blocks(m: int) -> tuple[int, int, int]:
     return (16 if m <= 16 else 32 if m <= 32 else 64), 128, 64
 
 
+def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
+               epilogue: str = "none", memory: torch.Tensor | None = None) -> torch.Tensor:
+    """Decode-sized W8A16 through the dense GEMV kernel (int8 codes, a scale per output row), with its fused
+    epilogues: ``swiglu`` (qweight holds [gate | up] rows; returns silu(gate)·up) or ``gate`` (silu(y)·memory)."""
+    cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int8", x.shape[-1])
+    return triton_gemv.gemv(x, qweight, bias, scales=scales, epilogue=epilogue, memory=memory,
+                            config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"]))
+
+
 def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
                  bias: torch.Tensor | None) -> torch.Tensor:
     """y = x · (qweight · scales[:, None])ᵀ + bias; qweight int8 [N, K], scales [N]."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
-    if m <= GEMV_MAX_ROWS:  # the dense GEMV kernel, reading int8 codes and scaling each output row
-        cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int8", k)
-        return triton_gemv.gemv(x, qweight, bias, scales=scales,
-                                config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"]))
+    if m <= GEMV_MAX_ROWS:
+        return w8a16_gemv(x, qweight, scales, bias)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     bm, bn, bk = _gemm_blocks(m)
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
