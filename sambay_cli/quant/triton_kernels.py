@@ -179,6 +179,114 @@ def _w4_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm
              mask=mask_m[:, None] & mask_n[None, :])
 
 
+# ------------------------------------------------------------------------------------- tensor-core GEMV (decode)
+
+
+@triton.jit
+def _w8_mma_gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_ym,
+                        HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, IEEE: tl.constexpr):
+    """W8A16 GEMV on the tensor cores: the activation row is padded to the 16 rows of an MMA tile (rows 1–15 zero),
+    int8 codes become the activation dtype exactly (|v| ≤ 127), and ``tl.dot`` does the multiply-accumulate in
+    float32 — the CUDA cores only convert, instead of converting and multiplying every weight."""
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    offs_k = tl.arange(0, BLOCK_K)
+    first = (tl.arange(0, 16) == 0)[:, None]
+    x_row = x_ptr + row * stride_xm
+    w_rows = w_ptr + rows[:, None] * stride_wn
+    acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + offs_k
+        x = tl.load(x_row + ks)
+        x16 = tl.where(first, x[None, :], 0.0).to(x_ptr.dtype.element_ty)
+        w = tl.load(w_rows + ks[None, :]).to(x_ptr.dtype.element_ty)
+        if IEEE:
+            acc += tl.dot(x16, tl.trans(w), input_precision="ieee")
+        else:
+            acc += tl.dot(x16, tl.trans(w))
+    out = tl.sum(acc, axis=0) * tl.load(s_ptr + rows).to(tl.float32)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rows).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+@triton.jit
+def _w4_mma_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
+                        GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
+                        IEEE: tl.constexpr):
+    """W4A16 GEMV on the tensor cores, one group per step: the group's low nibbles (even columns) and high nibbles
+    (odd columns) become exact small floats (OR into the mantissa of 2²³, subtract 2²³), each is dotted with the
+    matching activation columns padded to an MMA tile, and the group's scale and zero point are applied to the
+    float32 result: scale·(Σ codes·x − zero·Σ x)."""
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    HALF: tl.constexpr = GROUP // 2
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    offs_h = tl.arange(0, HALF)
+    first = (tl.arange(0, 16) == 0)[:, None]
+    x_row = x_ptr + row * stride_xm
+    w_rows = w_ptr + rows[:, None] * stride_wn
+    acc = tl.zeros((16, BLOCK_N), dtype=tl.float32)
+    for g in range(0, K // GROUP):
+        packed = tl.load(w_rows + g * HALF + offs_h[None, :]).to(tl.int32)  # [BLOCK_N, HALF] bytes
+        lo = ((packed & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        hi = (((packed >> 4) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+        xe = tl.load(x_row + g * GROUP + 2 * offs_h)
+        xo = tl.load(x_row + g * GROUP + 2 * offs_h + 1)
+        xe16 = tl.where(first, xe[None, :], 0.0).to(x_ptr.dtype.element_ty)
+        xo16 = tl.where(first, xo[None, :], 0.0).to(x_ptr.dtype.element_ty)
+        lo = tl.trans(lo.to(x_ptr.dtype.element_ty))
+        hi = tl.trans(hi.to(x_ptr.dtype.element_ty))
+        if IEEE:
+            d = tl.dot(xe16, lo, input_precision="ieee") + tl.dot(xo16, hi, input_precision="ieee")
+        else:
+            d = tl.dot(xe16, lo) + tl.dot(xo16, hi)
+        scale = tl.load(s_ptr + rows * stride_sn + g).to(tl.float32)
+        x_sum = tl.sum(xe.to(tl.float32) + xo.to(tl.float32), axis=0)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + rows * stride_sn + g).to(tl.float32)
+            acc += (d - zero[None, :] * x_sum) * scale[None, :]
+        else:
+            acc += (d - 8.0 * x_sum) * scale[None, :]
+    out = tl.sum(tl.where(first, acc, 0.0), axis=0)
+    if HAS_BIAS:
+        out += tl.load(b_ptr + rows).to(tl.float32)
+    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+def w8a16_mma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None,
+                   block_n: int = 32, block_k: int = 256, num_warps: int = 4) -> torch.Tensor:
+    x2, lead = _flatten(x)
+    m, k = x2.shape
+    n = qweight.shape[0]
+    block_k = min(block_k, triton.next_power_of_2(k))
+    assert k % block_k == 0
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    _w8_mma_gemv_kernel[(triton.cdiv(n, block_n), m)](
+        x2, qweight, scales, bias if bias is not None else scales, y, n, k, x2.stride(0), qweight.stride(0),
+        y.stride(0), HAS_BIAS=bias is not None, BLOCK_N=block_n, BLOCK_K=block_k, IEEE=x.dtype == torch.float32,
+        num_warps=num_warps)
+    return y.reshape(*lead, n)
+
+
+def w4a16_mma_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                   group_size: int, bias: torch.Tensor | None, block_n: int = 32, num_warps: int = 4) -> torch.Tensor:
+    x2, lead = _flatten(x)
+    m, k = x2.shape
+    n = qweight.shape[0]
+    assert k % group_size == 0 and group_size >= 32
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    _w4_mma_gemv_kernel[(triton.cdiv(n, block_n), m)](
+        x2, qweight, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, n, k,
+        x2.stride(0), qweight.stride(0), scales.stride(0), y.stride(0), GROUP=group_size,
+        HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BLOCK_N=block_n, IEEE=x.dtype == torch.float32,
+        num_warps=num_warps)
+    return y.reshape(*lead, n)
+
+
 # ------------------------------------------------------------------------------------------------------ wrappers
 
 
