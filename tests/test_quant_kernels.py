@@ -27,10 +27,11 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("rows", [1, 3, 21])
-def test_w8a16_matches_reference(rows):
+@pytest.mark.parametrize("rows, k", [(1, 80), (3, 80), (21, 80), (1, 96), (2, 96)])
+def test_w8a16_matches_reference(rows, k):
+    """GEMV (≤ 4 rows; k = 96 reads the codes as 32-bit words, k = 80 element-wise) and GEMM paths."""
     torch.manual_seed(rows)
-    n, k = 48, 80
+    n = 48
     w = torch.randn(n, k)
     q = formats.quantize_int8(w)
     x, bias = torch.randn(rows, k), torch.randn(n)
@@ -47,7 +48,7 @@ def test_w8a16_fused_epilogues(epilogue):
     from sambay_cli.quant.modules import QuantLinear, linear_then_epilogue
 
     torch.manual_seed(4)
-    n, k = 48, 80
+    n, k = 48, 96  # whole 32-column steps: the word-wise int8 path
     q = formats.quantize_int8(torch.randn(n, k))
     layer = QuantLinear("int8", k, n, {"qweight": q.qweight, "scales": q.scales}, torch.randn(n),
                         torch.float32).to(DEV)

@@ -23,7 +23,7 @@ from sambay_cli.quant import triton_kernels as tk  # noqa: E402
 from sambay_cli.quant.bench_kernels import SHAPES  # noqa: E402
 
 INT8_CONFIGS = [(1, 1024, 4), (1, 2048, 4), (2, 1024, 4), (2, 2048, 8), (4, 512, 4), (4, 1024, 4), (1, 4096, 8),
-                (2, 512, 4), (4, 1024, 8)]
+                (2, 512, 4), (4, 1024, 8), (8, 512, 4), (1, 512, 2), (2, 256, 2)]
 INT4_CONFIGS = [(1, 512, 4), (2, 512, 4), (4, 512, 4), (8, 512, 4), (1, 1024, 4), (2, 1024, 4), (4, 1024, 4),
                 (4, 1024, 8), (8, 1024, 8), (16, 512, 8), (2, 2048, 8), (1, 2048, 4), (8, 256, 4)]
 
@@ -51,14 +51,15 @@ def bench_shape(n: int, k: int, bw: float):
     ref8 = F.linear(x.float(), formats.dequantize_int8(q8.qweight, q8.scales))
     ref4 = F.linear(x.float(), formats.dequantize_int4(q4))
     int4_cfgs = [(v, *c) for v in ("words", "bytes") for c in INT4_CONFIGS]  # (kernel variant, launch config)
-    for fmt, q, cfgs, nbytes, call, ref in (("int8", q8, INT8_CONFIGS, n * k + 4 * n, int8_call, ref8),
+    int8_cfgs = [(v, *c) for v in ("words", "bytes") for c in INT8_CONFIGS]
+    for fmt, q, cfgs, nbytes, call, ref in (("int8", q8, int8_cfgs, n * k + 4 * n, int8_call, ref8),
                                             ("int4", q4, int4_cfgs, n * k // 2 + 3 * n * k // 128, int4_call, ref4)):
         c = max(1, math.ceil(L2_DEFEAT_BYTES / nbytes))
         qs = [q] + [copy_quantized(q) for _ in range(c - 1)]
         best = None
         for cfg in cfgs:
-            if isinstance(cfg[0], str):  # (int4 kernel variant, launch config)
-                os.environ["SAMBAY_INT4_GEMV"] = cfg[0]
+            if isinstance(cfg[0], str):  # (kernel variant, launch config)
+                os.environ["SAMBAY_INT4_GEMV" if fmt == "int4" else "SAMBAY_INT8_GEMV"] = cfg[0]
             os.environ["SAMBAY_GEMV"] = ",".join(map(str, cfg[-3:]))
             try:
                 err = ((call(q).float() - ref).norm() / ref.norm()).item()
@@ -73,6 +74,7 @@ def bench_shape(n: int, k: int, bw: float):
                 best = (cfg, t)
         os.environ.pop("SAMBAY_GEMV", None)
         os.environ.pop("SAMBAY_INT4_GEMV", None)
+        os.environ.pop("SAMBAY_INT8_GEMV", None)
         times[fmt] = best[1]
         best_cfgs[f"{fmt} {n}x{k}"] = best[0]
         line += f" | {fmt} {best[1]:6.1f} us {best[0]} {nbytes / (best[1] * 1e-6) / bw:4.0%}"

@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_pdl, pdl_enabled, pdl_start
+
 EPILOGUE_NONE = 0
 EPILOGUE_SWIGLU = 1
 EPILOGUE_GATE = 2
@@ -42,42 +44,61 @@ def _to_float(w, INT8: tl.constexpr):
 
 
 @triton.jit
+def _i8_words_dot(words, x_row, ks4, acc, x_sum):
+    """Partial products of int8 codes read as 32-bit words (code i of word j is column 4j + i): each byte goes into
+    bits 15–22 of the float 1.0 with its sign bit flipped, f = 1 + (v + 128)/256 in [1, 2) — a shift and one logic
+    op, no conversion — and Σ f·x is corrected once per row: Σ v·x = 256·Σ f·x − 384·Σ x."""
+    for i in tl.static_range(4):
+        xi = tl.load(x_row + ks4 * 4 + i).to(tl.float32)
+        if i == 0:
+            bits = words << 15
+        elif i == 1:
+            bits = words << 7
+        elif i == 2:
+            bits = words >> 1
+        else:
+            bits = words >> 9
+        f = ((bits & 0x7F8000) ^ 0x3FC00000).to(tl.float32, bitcast=True)
+        acc += f * xi[None, :]
+        x_sum += xi
+    return acc, x_sum
+
+
+@triton.jit
+def _load_w(ptrs, ks, K, EVEN_K: tl.constexpr):
+    if EVEN_K:
+        return tl.load(ptrs + ks[None, :])
+    return tl.load(ptrs + ks[None, :], mask=(ks < K)[None, :], other=0.0)
+
+
+@triton.jit
+def _load_x(x_row, ks, K, EVEN_K: tl.constexpr):
+    if EVEN_K:
+        return tl.load(x_row + ks).to(tl.float32)
+    return tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
+
+
+@triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
                  INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    pid_n = tl.program_id(0)
-    row = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # clamped: the loads stay in bounds without a mask
-    offs_k = tl.arange(0, BLOCK_K)
-    x_row = x_ptr + row * stride_xm
-    w_rows = w_ptr + rows[:, None] * stride_wn
-    w2_rows = w_ptr + (rows + N)[:, None] * stride_wn  # the "up" half of a SwiGLU fc1
-    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
-        ks = k0 + offs_k
-        if EVEN_K:
-            x = tl.load(x_row + ks).to(tl.float32)
-            w = tl.load(w_rows + ks[None, :])
-        else:
-            x = tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
-            w = tl.load(w_rows + ks[None, :], mask=(ks < K)[None, :], other=0.0)
-        acc += _to_float(w, INT8) * x[None, :]
-        if EPILOGUE == 1:
-            if EVEN_K:
-                w2 = tl.load(w2_rows + ks[None, :])
-            else:
-                w2 = tl.load(w2_rows + ks[None, :], mask=(ks < K)[None, :], other=0.0)
-            acc2 += _to_float(w2, INT8) * x[None, :]
-    out = tl.sum(acc, axis=1)
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = False, PDL: tl.constexpr = False):
+    """The first weight tile is loaded before ``pdl_start``: with PDL it streams in while the previous kernel ends."""
+    if WORDS:  # int8 codes as 32-bit words (K a multiple of BLOCK_K, itself of 4)
+        _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
+                    HAS_BIAS, EPILOGUE, BLOCK_N, BLOCK_K // 4, PDL)
+    else:
+        _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
+                       INT8, HAS_BIAS, EPILOGUE, EVEN_K, BLOCK_N, BLOCK_K, PDL)
+
+
+@triton.jit
+def _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym,
+                    INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr):
     if INT8:  # per-output-row scale
         out *= tl.load(s_ptr + rows).to(tl.float32)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows).to(tl.float32)
     if EPILOGUE == 1:
-        up = tl.sum(acc2, axis=1)
         if INT8:
             up *= tl.load(s_ptr + rows + N).to(tl.float32)
         if HAS_BIAS:
@@ -86,7 +107,81 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stri
     if EPILOGUE == 2:
         mem = tl.load(m_ptr + row * stride_mm + rows).to(tl.float32)
         out = out / (1.0 + tl.exp(-out)) * mem
-    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=offs_n < N)
+
+
+@triton.jit
+def _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
+                HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+                PDL: tl.constexpr):
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    offs_w = tl.arange(0, BLOCK_W)
+    x_row = x_ptr + row * stride_xm
+    w_rows = w_ptr + rows[:, None] * stride_wn  # stride in words
+    w2_rows = w_ptr + (rows + N)[:, None] * stride_wn
+    words = tl.load(w_rows + offs_w[None, :])
+    words2 = words
+    if EPILOGUE == 1:
+        words2 = tl.load(w2_rows + offs_w[None, :])
+    pdl_start(PDL)
+    acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+    acc2 = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+    x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    x_sum2 = tl.zeros((BLOCK_W,), dtype=tl.float32)
+    acc, x_sum = _i8_words_dot(words, x_row, offs_w, acc, x_sum)
+    if EPILOGUE == 1:
+        acc2, x_sum2 = _i8_words_dot(words2, x_row, offs_w, acc2, x_sum2)
+    for w0 in range(BLOCK_W, K // 4, BLOCK_W):
+        ks4 = w0 + offs_w
+        acc, x_sum = _i8_words_dot(tl.load(w_rows + ks4[None, :]), x_row, ks4, acc, x_sum)
+        if EPILOGUE == 1:
+            acc2, x_sum2 = _i8_words_dot(tl.load(w2_rows + ks4[None, :]), x_row, ks4, acc2, x_sum2)
+    xs = tl.sum(x_sum, axis=0)
+    out = 256.0 * tl.sum(acc, axis=1) - 384.0 * xs
+    up = out
+    if EPILOGUE == 1:
+        up = 256.0 * tl.sum(acc2, axis=1) - 384.0 * xs
+    _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, True, HAS_BIAS,
+                    EPILOGUE)
+
+
+@triton.jit
+def _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
+                   INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+    pid_n = tl.program_id(0)
+    row = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # clamped: the loads stay in bounds without a mask
+    offs_k = tl.arange(0, BLOCK_K)
+    x_row = x_ptr + row * stride_xm
+    w_rows = w_ptr + rows[:, None] * stride_wn
+    w2_rows = w_ptr + (rows + N)[:, None] * stride_wn  # the "up" half of a SwiGLU fc1
+    w = _load_w(w_rows, offs_k, K, EVEN_K)
+    w2 = w
+    if EPILOGUE == 1:
+        w2 = _load_w(w2_rows, offs_k, K, EVEN_K)
+    pdl_start(PDL)
+    x = _load_x(x_row, offs_k, K, EVEN_K)
+    acc = _to_float(w, INT8) * x[None, :]
+    acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
+    if EPILOGUE == 1:
+        acc2 = _to_float(w2, INT8) * x[None, :]
+    for k0 in range(BLOCK_K, K, BLOCK_K):
+        ks = k0 + offs_k
+        x = _load_x(x_row, ks, K, EVEN_K)
+        acc += _to_float(_load_w(w_rows, ks, K, EVEN_K), INT8) * x[None, :]
+        if EPILOGUE == 1:
+            acc2 += _to_float(_load_w(w2_rows, ks, K, EVEN_K), INT8) * x[None, :]
+    out = tl.sum(acc, axis=1)
+    up = out
+    if EPILOGUE == 1:
+        up = tl.sum(acc2, axis=1)
+    _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, INT8, HAS_BIAS,
+                    EPILOGUE)
 
 
 # (block_n, block_k, num_warps) by shape: the best of tools/bench_gemv.py's sweep on an H100 (CUDA-graph device time)
@@ -123,11 +218,12 @@ def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, epilogue: str = "none",
          memory: torch.Tensor | None = None, scales: torch.Tensor | None = None,
-         config: tuple[int, int, int] | None = None) -> torch.Tensor:
+         config: tuple[int, int, int] | None = None, int8_words: bool = False) -> torch.Tensor:
     """x [..., K] · weight [N', K]ᵀ with the named epilogue; out [..., N] in x's dtype, where N = N'/2 for ``swiglu``
     and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``. With ``scales`` [N'], ``weight``
     holds int8 codes and row r is scaled by scales[r] (W8A16). ``config``: (block_n, block_k, num_warps) instead of
-    the table. Each activation row is its own pass over the weight (the seam sends one row; W8A16 up to four)."""
+    the table. ``int8_words``: read int8 codes as 32-bit words (whole steps only). Each activation row is its own pass
+    over the weight (the seam sends one row; W8A16 up to four)."""
     kind = _EPILOGUES[epilogue]
     k = x.shape[-1]
     lead = x.shape[:-1]
@@ -145,9 +241,12 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         mem = y
     block_n, block_k, warps = config or gemv_config(weight.shape[0], k)
     block_k = min(block_k, triton.next_power_of_2(k))
+    words = int8_words and scales is not None and k % block_k == 0 and block_k >= 4 and weight.is_contiguous()
+    w = weight.view(torch.int32) if words else weight
     grid = (triton.cdiv(n, block_n), m_rows)
-    _gemv_kernel[grid](x2, weight, scales if scales is not None else y, bias if bias is not None else y, mem, y, n, k,
-                       x2.stride(0), weight.stride(0), mem.stride(0), y.stride(0), INT8=scales is not None,
+    use_pdl = pdl_enabled(x)
+    _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, n, k,
+                       x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), INT8=scales is not None,
                        HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0, BLOCK_N=block_n,
-                       BLOCK_K=block_k, num_warps=warps)
+                       BLOCK_K=block_k, WORDS=words, PDL=use_pdl, num_warps=warps, **launch_pdl(use_pdl))
     return y.reshape(*lead, n)
