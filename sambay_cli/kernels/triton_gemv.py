@@ -23,8 +23,6 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_pdl, pdl_enabled, pdl_start
-
 EPILOGUE_NONE = 0
 EPILOGUE_SWIGLU = 1
 EPILOGUE_GATE = 2
@@ -44,10 +42,11 @@ def _to_float(w, INT8: tl.constexpr):
 
 
 @triton.jit
-def _i8_words_dot(words, x_row, ks4, acc, x_sum):
+def _i8_words_dot(w_rows, x_row, ks4, acc, x_sum):
     """Partial products of int8 codes read as 32-bit words (code i of word j is column 4j + i): each byte goes into
     bits 15–22 of the float 1.0 with its sign bit flipped, f = 1 + (v + 128)/256 in [1, 2) — a shift and one logic
     op, no conversion — and Σ f·x is corrected once per row: Σ v·x = 256·Σ f·x − 384·Σ x."""
+    words = tl.load(w_rows + ks4[None, :])
     for i in tl.static_range(4):
         xi = tl.load(x_row + ks4 * 4 + i).to(tl.float32)
         if i == 0:
@@ -81,14 +80,13 @@ def _load_x(x_row, ks, K, EVEN_K: tl.constexpr):
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
                  INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = False, PDL: tl.constexpr = False):
-    """The first weight tile is loaded before ``pdl_start``: with PDL it streams in while the previous kernel ends."""
+                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = False):
     if WORDS:  # int8 codes as 32-bit words (K a multiple of BLOCK_K, itself of 4)
         _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                    HAS_BIAS, EPILOGUE, BLOCK_N, BLOCK_K // 4, PDL)
+                    HAS_BIAS, EPILOGUE, BLOCK_N, BLOCK_K // 4)
     else:
         _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                       INT8, HAS_BIAS, EPILOGUE, EVEN_K, BLOCK_N, BLOCK_K, PDL)
+                       INT8, HAS_BIAS, EPILOGUE, EVEN_K, BLOCK_N, BLOCK_K)
 
 
 @triton.jit
@@ -112,8 +110,7 @@ def _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, s
 
 @triton.jit
 def _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
-                PDL: tl.constexpr):
+                HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -122,23 +119,15 @@ def _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, strid
     x_row = x_ptr + row * stride_xm
     w_rows = w_ptr + rows[:, None] * stride_wn  # stride in words
     w2_rows = w_ptr + (rows + N)[:, None] * stride_wn
-    words = tl.load(w_rows + offs_w[None, :])
-    words2 = words
-    if EPILOGUE == 1:
-        words2 = tl.load(w2_rows + offs_w[None, :])
-    pdl_start(PDL)
     acc = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
     x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
     x_sum2 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    acc, x_sum = _i8_words_dot(words, x_row, offs_w, acc, x_sum)
-    if EPILOGUE == 1:
-        acc2, x_sum2 = _i8_words_dot(words2, x_row, offs_w, acc2, x_sum2)
-    for w0 in range(BLOCK_W, K // 4, BLOCK_W):
+    for w0 in range(0, K // 4, BLOCK_W):
         ks4 = w0 + offs_w
-        acc, x_sum = _i8_words_dot(tl.load(w_rows + ks4[None, :]), x_row, ks4, acc, x_sum)
+        acc, x_sum = _i8_words_dot(w_rows, x_row, ks4, acc, x_sum)
         if EPILOGUE == 1:
-            acc2, x_sum2 = _i8_words_dot(tl.load(w2_rows + ks4[None, :]), x_row, ks4, acc2, x_sum2)
+            acc2, x_sum2 = _i8_words_dot(w2_rows, x_row, ks4, acc2, x_sum2)
     xs = tl.sum(x_sum, axis=0)
     out = 256.0 * tl.sum(acc, axis=1) - 384.0 * xs
     up = out
@@ -151,7 +140,7 @@ def _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, strid
 @triton.jit
 def _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
                    INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, PDL: tl.constexpr):
+                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -160,17 +149,9 @@ def _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, st
     x_row = x_ptr + row * stride_xm
     w_rows = w_ptr + rows[:, None] * stride_wn
     w2_rows = w_ptr + (rows + N)[:, None] * stride_wn  # the "up" half of a SwiGLU fc1
-    w = _load_w(w_rows, offs_k, K, EVEN_K)
-    w2 = w
-    if EPILOGUE == 1:
-        w2 = _load_w(w2_rows, offs_k, K, EVEN_K)
-    pdl_start(PDL)
-    x = _load_x(x_row, offs_k, K, EVEN_K)
-    acc = _to_float(w, INT8) * x[None, :]
+    acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    if EPILOGUE == 1:
-        acc2 = _to_float(w2, INT8) * x[None, :]
-    for k0 in range(BLOCK_K, K, BLOCK_K):
+    for k0 in range(0, K, BLOCK_K):
         ks = k0 + offs_k
         x = _load_x(x_row, ks, K, EVEN_K)
         acc += _to_float(_load_w(w_rows, ks, K, EVEN_K), INT8) * x[None, :]
@@ -244,9 +225,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     words = int8_words and scales is not None and k % block_k == 0 and block_k >= 4 and weight.is_contiguous()
     w = weight.view(torch.int32) if words else weight
     grid = (triton.cdiv(n, block_n), m_rows)
-    use_pdl = pdl_enabled(x)
     _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, n, k,
                        x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), INT8=scales is not None,
                        HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0, BLOCK_N=block_n,
-                       BLOCK_K=block_k, WORDS=words, PDL=use_pdl, num_warps=warps, **launch_pdl(use_pdl))
+                       BLOCK_K=block_k, WORDS=words, num_warps=warps)
     return y.reshape(*lead, n)

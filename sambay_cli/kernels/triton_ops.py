@@ -27,16 +27,12 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import pdl_enabled, pdl_trigger
-
 # ------------------------------------------------------------------------------------------------ Mamba decode
 
 
 @triton.jit
 def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, D, stride_xb, stride_sb, stride_sd, stride_yb,
-                        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr,
-                        PDL: tl.constexpr = False):
-    pdl_trigger(PDL)  # a following PDL kernel may start its constant reads now
+                        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     m = offs < D
@@ -69,7 +65,7 @@ def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
     grid = (bsz, triton.cdiv(dim, block))
     _conv_update_kernel[grid](x, conv_state, weight, bias if bias is not None else weight, y, dim, x.stride(0),
                               conv_state.stride(0), conv_state.stride(1), y.stride(0), K=k,
-                              HAS_BIAS=bias is not None, BLOCK_D=block, PDL=pdl_enabled(x))
+                              HAS_BIAS=bias is not None, BLOCK_D=block)
     return y
 
 
@@ -152,9 +148,7 @@ def causal_conv1d(x, weight, bias, conv_state, valid=None, out_dtype=torch.float
 def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, y_ptr, D, R,
                        stride_sb, stride_sd, stride_xb, stride_dtb, stride_wdt, stride_bb, stride_cb, stride_zb,
                        stride_yb, N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-                       SOFTPLUS: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                       PDL: tl.constexpr = False):
-    pdl_trigger(PDL)  # a following PDL kernel may start its constant reads now
+                       SOFTPLUS: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
@@ -213,7 +207,6 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         z.stride(0) if z is not None else 0, y.stride(0),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=dt_softplus,
         DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block,
-        PDL=pdl_enabled(x),
     )
     return y
 
@@ -224,8 +217,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 @triton.jit
 def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, G, stride_kb, stride_kg, stride_vb, stride_vg,
                      stride_kcb, stride_kcg, stride_kcs, stride_vcb, stride_vcg, stride_vcs,
-                     BLOCK_G: tl.constexpr, HD: tl.constexpr, PDL: tl.constexpr = False):
-    pdl_trigger(PDL)  # a following PDL kernel may start its constant reads now
+                     BLOCK_G: tl.constexpr, HD: tl.constexpr):
     b = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + b).to(tl.int64)
     offs_g = tl.arange(0, BLOCK_G)
@@ -246,8 +238,7 @@ def kv_write_decode(k_cache, v_cache, k, v, slots):
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
     _kv_write_kernel[(bsz,)](k, v, k_cache, v_cache, slots, g, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                              k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
-                             v_cache.stride(1), v_cache.stride(2), BLOCK_G=triton.next_power_of_2(g), HD=d,
-                             PDL=pdl_enabled(k))
+                             v_cache.stride(1), v_cache.stride(2), BLOCK_G=triton.next_power_of_2(g), HD=d)
 
 
 # -------------------------------------------------------------------------------------------- Mamba prefill scan
@@ -379,7 +370,7 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
                          stride_valb, stride_ob, stride_oh, stride_os, stride_mb, stride_mh,
                          scale, SPLIT,
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr,
-                         BLOCK_S: tl.constexpr, MP: tl.constexpr, IEEE: tl.constexpr, PDL: tl.constexpr = False):
+                         BLOCK_S: tl.constexpr, MP: tl.constexpr, IEEE: tl.constexpr):
     """One (batch, KV group, split) program, on tensor cores.
 
     A KV group is a KV-head pair (2g, 2g+1) for differential attention, or one KV head g. Its keys are read as one
@@ -392,7 +383,6 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
     The slice of keys a split owns is a share of this row's filled length (read from the device, so a CUDA graph
     replays at any length), rounded to BLOCK_S. Writes un-normalised partial outputs with their running max and sum.
     """
-    pdl_trigger(PDL)  # a following PDL kernel may start its constant reads now
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
     sp = tl.program_id(2)
@@ -457,10 +447,9 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                          stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh,
                          lambda_init, eps,
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, SPLIT: tl.constexpr,
-                         W: tl.constexpr, PDL: tl.constexpr = False):
+                         W: tl.constexpr):
     """Merge the split partials of one (batch, group); for differential attention also λ-combine, RMS-normalise
     over 2·HD, scale by (1 − λ_init) and write heads (2p, 2p+1)."""
-    pdl_trigger(PDL)  # a following PDL kernel may start its constant reads now
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
     offs_s = tl.arange(0, SPLIT)
@@ -558,7 +547,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         valid.stride(0), o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
         scale, splits, R=r, HD=d, DIFF=diff, BLOCK_S=block_s, MP=max(16, triton.next_power_of_2(n_rows)),
-        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages, PDL=pdl_enabled(q),
+        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
     )
     if diff:
         out = torch.empty(bsz, h // 2, 2 * d, device=q.device, dtype=out_dtype)
@@ -571,7 +560,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     _attn_decode_combine[(bsz, groups)](
         o, m, lsum, lam, w, out, o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
         out.stride(0), out.stride(1), float(lambda_init), float(eps),
-        R=r, HD=d, DIFF=diff, SPLIT=splits, W=width, PDL=pdl_enabled(q),
+        R=r, HD=d, DIFF=diff, SPLIT=splits, W=width,
     )
     return out.view(bsz, h, d)
 
@@ -762,9 +751,7 @@ def attention_prefill(q, k, v, k_valid, q_start, k_start, window, *, ring=None, 
 
 
 @triton.jit
-def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n_cols, stride_a, stride_b, stride_o, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = False):
-    pdl_trigger(PDL)  # a following PDL kernel may start its constant reads now
+def _silu_mul_kernel(a_ptr, b_ptr, out_ptr, n_cols, stride_a, stride_b, stride_o, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = offs < n_cols
@@ -789,7 +776,7 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.
         return out.reshape(shape)
     block = 1024
     _silu_mul_kernel[(rows, triton.cdiv(cols, block))](a2, b2, out, cols, a2.stride(0), b2.stride(0), out.stride(0),
-                                                       BLOCK=block, PDL=pdl_enabled(a))
+                                                       BLOCK=block)
     return out.reshape(shape)
 
 
@@ -798,9 +785,7 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.
 
 @triton.jit
 def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
-                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = False):
-    pdl_trigger(PDL)  # a following PDL kernel may start its constant reads now
+                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
@@ -830,7 +815,7 @@ def add_norm(h, delta, weight, bias, eps, rms):
     block = triton.next_power_of_2(n)
     _add_norm_kernel[(h.numel() // n,)](
         h, d, weight, bias if bias is not None else weight, h_out, x, n, float(eps),
-        HAS_DELTA=delta is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block, PDL=pdl_enabled(h),
+        HAS_DELTA=delta is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block,
         num_warps=max(1, min(16, block // 256)),
     )
     return h_out, x

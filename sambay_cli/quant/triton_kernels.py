@@ -21,7 +21,6 @@ import triton
 import triton.language as tl
 
 from ..kernels import triton_gemv
-from ..kernels.pdl import launch_pdl, pdl_enabled, pdl_start
 
 GEMV_MAX_ROWS = 4  # up to this many activation rows use the GEMV kernels
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -59,102 +58,53 @@ def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, strid
 
 
 @triton.jit
-def _w4_bytes_step(packed, x_ptr, s_ptr, z_ptr, row, stride_xm, stride_sn, k0, KH, offs_n, mask_n,
-                   GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
-    """One step of the byte-wise int4 GEMV: Σ over the step's groups of scale·(Σ codes·x − zero·Σ x) per row."""
-    HALF: tl.constexpr = GROUP // 2  # packed bytes per group
-    NG: tl.constexpr = BLOCK_KH // HALF  # groups per step
-    offs_kh = k0 + tl.arange(0, BLOCK_KH)
-    mask_k = offs_kh < KH
-    x_even = tl.load(x_ptr + row * stride_xm + offs_kh * 2, mask=mask_k, other=0.0).to(tl.float32)
-    x_odd = tl.load(x_ptr + row * stride_xm + offs_kh * 2 + 1, mask=mask_k, other=0.0).to(tl.float32)
-    # f = 1 + code/16 (the nibble in bits 19–22 of 1.0): a shift and one logic op per code, no conversion
-    f_lo = (((packed << 19) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    f_hi = (((packed << 15) & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True)
-    dot = f_lo * x_even[None, :] + f_hi * x_odd[None, :]
-    dot_g = tl.sum(tl.reshape(dot, (BLOCK_N, NG, HALF)), axis=2)  # [BLOCK_N, NG]: Σ (1 + code/16)·x
-    offs_g = k0 // HALF + tl.arange(0, NG)
-    mask_g = offs_g < KH // HALF
-    mg = mask_n[:, None] & mask_g[None, :]
-    scale = tl.load(s_ptr + offs_n[:, None] * stride_sn + offs_g[None, :], mask=mg, other=0.0).to(tl.float32)
-    if HAS_ZEROS:
-        zero = tl.load(z_ptr + offs_n[:, None] * stride_sn + offs_g[None, :], mask=mg, other=0).to(tl.float32)
-    else:
-        zero = tl.full((BLOCK_N, NG), 8.0, tl.float32)
-    x_sum = tl.sum(tl.reshape(x_even + x_odd, (NG, HALF)), axis=1)  # [NG]
-    # Σ code·x = 16·(dot_g − Σ x)
-    return tl.sum(scale * (16.0 * dot_g - (16.0 + zero) * x_sum[None, :]), axis=1)
-
-
-@triton.jit
 def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
                     GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_KH: tl.constexpr, PDL: tl.constexpr = False):
+                    BLOCK_KH: tl.constexpr):
     """BLOCK_KH packed bytes (2·BLOCK_KH input columns, a whole number of groups) per step. Per group g the dot is
-    scale_g · (Σ codes·x − zero_g · Σ x), so scales and zeros are applied once per group, not per weight. The first
-    step's weights are read before ``pdl_start`` (with PDL, while the previous kernel ends)."""
+    scale_g · (Σ codes·x − zero_g · Σ x), so scales and zeros are applied once per group, not per weight."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     KH = K // 2
-    w_rows = w_ptr + offs_n[:, None] * stride_wn
-    offs_k = tl.arange(0, BLOCK_KH)
-    packed = tl.load(w_rows + offs_k[None, :], mask=mask_n[:, None] & (offs_k < KH)[None, :], other=0).to(tl.int32)
-    pdl_start(PDL)
-    acc = _w4_bytes_step(packed, x_ptr, s_ptr, z_ptr, row, stride_xm, stride_sn, 0, KH, offs_n, mask_n, GROUP,
-                         HAS_ZEROS, BLOCK_N, BLOCK_KH)
-    for k0 in range(BLOCK_KH, KH, BLOCK_KH):  # few, wide steps (bandwidth- rather than latency-bound)
-        offs_kh = k0 + offs_k
-        m2 = mask_n[:, None] & (offs_kh < KH)[None, :]
-        packed = tl.load(w_rows + offs_kh[None, :], mask=m2, other=0).to(tl.int32)
-        acc += _w4_bytes_step(packed, x_ptr, s_ptr, z_ptr, row, stride_xm, stride_sn, k0, KH, offs_n, mask_n, GROUP,
-                              HAS_ZEROS, BLOCK_N, BLOCK_KH)
+    HALF: tl.constexpr = GROUP // 2  # packed bytes per group
+    NG: tl.constexpr = BLOCK_KH // HALF  # groups per step
+    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+    for k0 in range(0, KH, BLOCK_KH):  # few, wide steps (bandwidth- rather than latency-bound)
+        offs_kh = k0 + tl.arange(0, BLOCK_KH)
+        mask_k = offs_kh < KH
+        m2 = mask_n[:, None] & mask_k[None, :]
+        packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_kh[None, :], mask=m2, other=0).to(tl.int32)
+        x_even = tl.load(x_ptr + row * stride_xm + offs_kh * 2, mask=mask_k, other=0.0).to(tl.float32)
+        x_odd = tl.load(x_ptr + row * stride_xm + offs_kh * 2 + 1, mask=mask_k, other=0.0).to(tl.float32)
+        dot = (packed & 0xF).to(tl.float32) * x_even[None, :] + ((packed >> 4) & 0xF).to(tl.float32) * x_odd[None, :]
+        dot_g = tl.sum(tl.reshape(dot, (BLOCK_N, NG, HALF)), axis=2)  # [BLOCK_N, NG]
+        offs_g = k0 // HALF + tl.arange(0, NG)
+        mask_g = offs_g < KH // HALF
+        mg = mask_n[:, None] & mask_g[None, :]
+        scale = tl.load(s_ptr + offs_n[:, None] * stride_sn + offs_g[None, :], mask=mg, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + offs_n[:, None] * stride_sn + offs_g[None, :], mask=mg, other=0).to(tl.float32)
+        else:
+            zero = tl.full((BLOCK_N, NG), 8.0, tl.float32)
+        x_sum = tl.sum(tl.reshape(x_even + x_odd, (NG, HALF)), axis=1)  # [NG]
+        acc += tl.sum(scale * (dot_g - zero * x_sum[None, :]), axis=1)
     out = acc
     if HAS_BIAS:
         out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
 
-
-@triton.jit
-def _w4_words_step(words, x_row, s_ptr, z_ptr, rows, stride_sn, w0, kw, offs_w, mw,
-                   WPG: tl.constexpr, NGS: tl.constexpr, HAS_ZEROS: tl.constexpr, BLOCK_N: tl.constexpr,
-                   BLOCK_W: tl.constexpr):
-    """One step of the word-wise int4 GEMV: [BLOCK_N, groups] of scale·(Σ codes·x − zero·Σ x)."""
-    ws = w0 + offs_w
-    part = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
-    x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    for i in tl.static_range(8):
-        xi = tl.load(x_row + ws * 8 + i, mask=mw, other=0.0).to(tl.float32)
-        if 4 * i <= 19:  # nibble i into bits 19–22
-            bits = words << (19 - 4 * i)
-        else:
-            bits = words >> (4 * i - 19)
-        part += ((bits & 0x780000) | 0x3F800000).to(tl.float32, bitcast=True) * xi[None, :]  # (1 + code/16)·x
-        x_sum += xi
-    part_g = tl.sum(tl.reshape(part, (BLOCK_N, NGS, WPG)), axis=2)
-    x_sum_g = tl.sum(tl.reshape(x_sum, (NGS, WPG)), axis=1)
-    grp = w0 // WPG + tl.arange(0, NGS)
-    mg = (grp < kw // WPG)[None, :]
-    scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0.0).to(tl.float32)
-    if HAS_ZEROS:
-        zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0).to(tl.float32)
-    else:
-        zero = 8.0
-    return scale * (16.0 * part_g - (16.0 + zero) * x_sum_g[None, :])  # Σ code·x = 16·(Σ f·x − Σ x)
-
-
 @triton.jit
 def _w4_gemv_words_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_sn,
                           stride_ym, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr = False):
+                          BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
     """int4 GEMV over 32-bit words (8 codes each; code i of word j is input column 8j + i at bits 4i..4i+3 — the
     byte layout read little-endian). Each step takes [BLOCK_N, BLOCK_W] words (whole groups); for every nibble
-    position i the codes become floats without an int→float conversion instruction — the nibble shifted into bits
-    19–22 of 1.0 gives f = 1 + code/16 exactly (a shift and one logic op) — and are multiplied by the activations of
-    columns 8j + i. Each group's sums give Σ code·x = 16·(Σ f·x − Σ x), and its scale and zero point are applied
-    once: scale·(Σ codes·x − zero·Σ x), into a [BLOCK_N, groups] float32 accumulator reduced at the end. The first
-    step's words are read before ``pdl_start``."""
+    position i the codes become floats without an int→float conversion instruction (OR the 4 bits into the mantissa
+    of 2²³, then subtract 2²³ — exact) and are multiplied by the activations of columns 8j + i. Each group's words are
+    then summed and its scale and zero point applied once: scale·(Σ codes·x − zero·Σ x), into a [BLOCK_N, groups]
+    float32 accumulator reduced across the row at the end."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     WPG: tl.constexpr = GROUP // 8  # words per group
@@ -165,18 +115,28 @@ def _w4_gemv_words_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride
     kw = K // 8
     offs_w = tl.arange(0, BLOCK_W)
     x_row = x_ptr + row * stride_xm
-    w_rows = w_ptr + rows[:, None] * stride_wn
-    mw = offs_w < kw
-    words = tl.load(w_rows + offs_w[None, :], mask=mw[None, :], other=0)
-    pdl_start(PDL)
-    acc = _w4_words_step(words, x_row, s_ptr, z_ptr, rows, stride_sn, 0, kw, offs_w, mw, WPG, NGS, HAS_ZEROS,
-                         BLOCK_N, BLOCK_W)
-    for w0 in range(BLOCK_W, kw, BLOCK_W):
+    acc = tl.zeros((BLOCK_N, NGS), dtype=tl.float32)
+    for w0 in range(0, kw, BLOCK_W):
         ws = w0 + offs_w
         mw = ws < kw
-        words = tl.load(w_rows + ws[None, :], mask=mw[None, :], other=0)
-        acc += _w4_words_step(words, x_row, s_ptr, z_ptr, rows, stride_sn, w0, kw, offs_w, mw, WPG, NGS,
-                              HAS_ZEROS, BLOCK_N, BLOCK_W)
+        words = tl.load(w_ptr + rows[:, None] * stride_wn + ws[None, :], mask=mw[None, :], other=0)
+        part = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
+        x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
+        for i in tl.static_range(8):
+            xi = tl.load(x_row + ws * 8 + i, mask=mw, other=0.0).to(tl.float32)
+            code = (((words >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
+            part += code * xi[None, :]
+            x_sum += xi
+        part_g = tl.sum(tl.reshape(part, (BLOCK_N, NGS, WPG)), axis=2)
+        x_sum_g = tl.sum(tl.reshape(x_sum, (NGS, WPG)), axis=1)
+        grp = w0 // WPG + tl.arange(0, NGS)
+        mg = (grp < kw // WPG)[None, :]
+        scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0.0).to(tl.float32)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0).to(tl.float32)
+        else:
+            zero = 8.0
+        acc += scale * (part_g - zero * x_sum_g[None, :])
     out = tl.sum(acc, axis=1)
     if HAS_BIAS:
         out += tl.load(b_ptr + rows).to(tl.float32)
@@ -229,9 +189,9 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 
 # GEMV launch (rows per program, input columns per step, warps) and kernel variant, the best of
 # tools/bench_quant_gemv.py's sweep on an H100 (CUDA-graph device time, weights rotated to defeat the L2 cache): all
-# linears of one 3.8B token (lm_head excluded) in 1.62 ms (int8) and 1.86 ms (int4) against 2.78 ms for bf16 cuBLAS.
-# int8 reads its codes as 32-bit words on the wide 2560-input layers and element-wise elsewhere; int4 runs the
-# byte-wise kernel on 2560-wide inputs and the word-wise kernel on wider ones.
+# linears of one 3.8B token (lm_head excluded) in 1.62 ms (int8) and 1.86–1.90 ms (int4) against 2.78 ms for bf16
+# cuBLAS. int8 reads its codes as 32-bit words on the wide 2560-input layers and element-wise elsewhere; int4 runs
+# the byte-wise kernel on 2560-wide inputs and the word-wise kernel on wider ones.
 def _default_gemv(fmt: str, k: int, n: int = 0) -> tuple[str, dict[str, int]]:
     if fmt == "int8":
         if k <= 2560 and n >= 10240:  # MLP fc1, Mamba in_proj: codes read as 32-bit words
@@ -312,7 +272,6 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     b = bias if bias is not None else scales
     z = zeros if zeros is not None else scales
     variant = int4_gemv_variant(k)
-    use_pdl = pdl_enabled(x)
     if m <= GEMV_MAX_ROWS and k % 8 == 0 and group_size % 8 == 0 and qweight.is_contiguous() and variant != "bytes":
         cfg = {"block_n": 4, "block_k": 64, "num_warps": 1} if _INTERPRET else gemv_config("int4", k)
         # whole groups per step (group sizes are powers of two), no more than the row needs
@@ -322,7 +281,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
         _w4_gemv_words_kernel[grid](x2, words, scales, z, b, y, n, k, x2.stride(0), words.stride(0),
                                     scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
                                     HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_W=block_w,
-                                    PDL=use_pdl, num_warps=cfg["num_warps"], **launch_pdl(use_pdl))
+                                    num_warps=cfg["num_warps"])
     elif m <= GEMV_MAX_ROWS:  # odd widths and small fallback groups: the byte-wise kernel
         cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int4", k)
         block_n = cfg["block_n"]
@@ -331,8 +290,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
         grid = (triton.cdiv(n, block_n), m)
         _w4_gemv_kernel[grid](x2, qweight, scales, z, b, y, n, k, x2.stride(0), qweight.stride(0), scales.stride(0),
                               y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
-                              BLOCK_N=block_n, BLOCK_KH=block_kh, PDL=use_pdl, num_warps=cfg["num_warps"],
-                              **launch_pdl(use_pdl))
+                              BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=cfg["num_warps"])
     else:
         bm, bn, bk = _gemm_blocks(m)
         grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
