@@ -637,6 +637,17 @@ def _install_local_dir(staging: Path, local_dir: Path, marker: dict[str, Any]) -
         staging.rename(local_dir)
 
 
+def _sync_library_offline_flag(offline: bool) -> None:
+    """huggingface_hub fixes its offline flag when it is first imported; a process whose environment changed since
+    (a notebook, a test run) would otherwise refuse the network that the settings read now allow, or the reverse."""
+    try:
+        from huggingface_hub import constants
+    except ImportError:  # pragma: no cover - a dependency
+        return
+    if hasattr(constants, "HF_HUB_OFFLINE"):
+        constants.HF_HUB_OFFLINE = offline
+
+
 def pull(
     repo_id: str = DEFAULT_REPO_ID,
     *,
@@ -656,6 +667,7 @@ def pull(
     _validate_repo_id(repo_id)
     revision = revision or "main"
     settings = HubSettings.from_env(cache_dir=cache_dir, token=token, offline=offline)
+    _sync_library_offline_flag(settings.offline)
     local_dir = Path(local_dir).expanduser().resolve() if local_dir is not None else None
     if settings.offline:
         if force_download:

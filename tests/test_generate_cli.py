@@ -109,7 +109,7 @@ def test_batch_mode_incremental_resume_and_bad_lines(capsys, tmp_path):
     code, _, err = _run(capsys, BASE + ["--input", str(inp), "--output", str(outp), "-n", "4"])
     rows2 = [json.loads(line) for line in outp.read_text().splitlines()]
     assert sorted(r["id"] for r in rows2) == ["a", "b", "line-4"]
-    assert "1 to go" in err
+    assert "1 to go" in " ".join(err.split())  # however the console wrapped the line
 
 
 def test_split_reasoning():

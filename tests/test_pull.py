@@ -324,6 +324,17 @@ def test_pull_into_cache_selects_model_files_and_verifies(hub: FakeHub, tmp_path
     assert len([e for e in hub.log if e[0] == "GET" and "/resolve/" in e[1]]) == before
 
 
+def test_pull_follows_the_environment_not_the_librarys_import_time_flag(hub: FakeHub, monkeypatch) -> None:
+    """huggingface_hub fixes HF_HUB_OFFLINE when first imported: if that happened while the variable was set, a later
+    pull with the variable unset must still reach the Hub (and an offline pull must stay offline)."""
+    from huggingface_hub import constants
+
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    assert _pull().downloaded_bytes > 0
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert _pull().downloaded_bytes == 0 and constants.HF_HUB_OFFLINE is True
+
+
 def test_resolve_model_dir_uses_cache_only(hub: FakeHub, tmp_path: Path) -> None:
     with pytest.raises(SambaYError, match="sambay pull test/tiny"):
         resolve_model_dir("test/tiny")
