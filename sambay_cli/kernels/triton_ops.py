@@ -593,6 +593,15 @@ def _softmax_step(s, m, lsum):
 
 
 @triton.jit
+def _visible(k_ok, k_pos, q_pos, window, HAS_WINDOW: tl.constexpr):
+    """[queries, keys] visibility (``reference.attention_mask``): a valid key, not after the query, inside its window."""
+    vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
+    if HAS_WINDOW:
+        vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
+    return vis
+
+
+@triton.jit
 def _attn_tile(qa, qb, ka_ptrs, kb_ptrs, v_ptrs, n_ok, vis, ma, la, acca, mb, lb, accb,
                DIFF: tl.constexpr, IEEE: tl.constexpr):
     """Fold one block of keys (visibility ``vis`` [M, N]) into the online softmax of one stream (two for DIFF)."""
@@ -669,9 +678,7 @@ def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, kvalid_ptr, rk_ptr, rv_ptr, rpos_p
             if HAS_WINDOW:
                 k_ok = k_ok & (k_pos > q_lo - window)
             if tl.max(k_ok.to(tl.int32), axis=0) > 0:
-                vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
-                if HAS_WINDOW:
-                    vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
+                vis = _visible(k_ok, k_pos, q_pos, window, HAS_WINDOW)
                 ka_ptrs = rk_base + offs_n[:, None] * stride_rkl
                 ma, la, acca, mb, lb, accb = _attn_tile(qa, qb, ka_ptrs, ka_ptrs + stride_rkh,
                                                         rv_base + offs_n[:, None] * stride_rvl, n_ok, vis,
@@ -688,9 +695,7 @@ def _attn_prefill_kernel(q_ptr, k_ptr, v_ptr, kvalid_ptr, rk_ptr, rv_ptr, rpos_p
         n_ok = offs_n < Lk
         k_pos = k_start + offs_n
         k_ok = n_ok & (tl.load(kvalid_ptr + b * stride_kvb + offs_n, mask=n_ok, other=0) != 0)
-        vis = k_ok[None, :] & (k_pos[None, :] <= q_pos[:, None])
-        if HAS_WINDOW:
-            vis = vis & (k_pos[None, :] > q_pos[:, None] - window)
+        vis = _visible(k_ok, k_pos, q_pos, window, HAS_WINDOW)
         ka_ptrs = k_base + offs_n[:, None] * stride_kl
         ma, la, acca, mb, lb, accb = _attn_tile(qa, qb, ka_ptrs, ka_ptrs + stride_kh,
                                                 v_base + offs_n[:, None] * stride_vl, n_ok, vis,
