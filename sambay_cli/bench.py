@@ -189,7 +189,8 @@ def bench_sambay(model, cfg, *, batches, contexts, steps, prompt_len, gen_len, g
     for b in batches[:1]:
         for plen in prefill_lens:
             ids = torch.randint(0, cfg.vocab_size, (b, plen)).tolist()
-            prefill(model, ids, 1)  # warm-up
+            for _ in range(2):  # warm-up: compiles, and lets the allocator and clocks settle (one was not always enough)
+                prefill(model, ids, 1)
             times = []
             for _ in range(3):  # the median of three (one run can catch a clock or allocator hiccup)
                 _sync(device)
