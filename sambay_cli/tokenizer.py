@@ -13,6 +13,7 @@ a byte-level BPE tokenizer with ``add_bos_token = add_eos_token = false``: no BO
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -61,6 +62,43 @@ def add_phi4_tokens(backend: Any) -> None:
         token = AddedToken(content, special=special, rstrip=rstrip, lstrip=False, normalized=False, single_word=False)
         (backend.add_special_tokens if special else backend.add_tokens)([token])
     backend.add_tokens([AddedToken(t, special=False, normalized=False) for t in PLAIN_ADDED_TOKENS])
+
+
+def train_phi4_shaped_bpe(texts: Sequence[str], *, total_ids: int, patterns: Sequence[str], min_frequency: int,
+                          split_digits: bool = False, exact: bool = False) -> Any:
+    """A small byte-level BPE (``tokenizers``) shaped like the Phi-4 tokenizer, for the demo model and test fixtures.
+
+    Text is split by ``patterns`` (regexes, isolated; digits one by one first with ``split_digits``), then byte-level
+    BPE is trained on ``texts`` (single-threaded, so the merge order is reproducible). Ids: 0 = <|endoftext|>, then
+    the 256 byte symbols, the learned merges, and the other Phi-4 added tokens, at most ``total_ids`` in all
+    (``exact``: exactly). Raises ValueError when the ids do not fit.
+    """
+    os.environ.setdefault("RAYON_NUM_THREADS", "1")
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    splits = [pre_tokenizers.Digits(individual_digits=True)] if split_digits else []
+    splits += [pre_tokenizers.Split(Regex(p), behavior="isolated", invert=False) for p in patterns]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [*splits, pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    tok.decoder = decoders.ByteLevel()
+    later = len(PHI4_ADDED_TOKENS) - 1 + len(PLAIN_ADDED_TOKENS)  # added after training (eos is id 0)
+    trainer = trainers.BpeTrainer(
+        vocab_size=total_ids - later,
+        min_frequency=min_frequency,
+        special_tokens=[AddedToken(PHI4_EOS_TOKEN, special=True, normalized=False)],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
+    if exact and tok.get_vocab_size(with_added_tokens=True) != total_ids - later:
+        raise ValueError(f"training text too small: got {tok.get_vocab_size(with_added_tokens=True)} ids, "
+                         f"want {total_ids - later}")
+    add_phi4_tokens(tok)
+    total = tok.get_vocab_size(with_added_tokens=True)
+    if total > total_ids or (exact and total != total_ids):
+        raise ValueError(f"tokenizer has {total} ids, {'not' if exact else 'more than'} {total_ids}")
+    return tok
 
 
 def phi4_tokenizer_config(backend: Any, *, chat_template: str, model_max_length: int) -> dict[str, Any]:

@@ -14,7 +14,9 @@ from sambay_cli.demo import arith
 from sambay_cli.demo.recipe import (
     TINY_SHAPE,
     TrainSettings,
+    build_tokenizer,
     encode_sample,
+    export_model,
     extract_boxed,
     train,
 )
@@ -178,3 +180,19 @@ def test_recipe_smoke_trains_resumes_and_loss_decreases(tmp_path, one_thread):
     assert meta["step"] == 6 and all((tmp_path / s).is_file() for s in meta["shards"])
     assert tok.token_to_id("<|end|>") is not None
     assert not torch.are_deterministic_algorithms_enabled()
+    # export: a loadable model directory, written atomically; a second export replaces the first whole
+    from sambay_cli.loading import load_model
+
+    out = tmp_path / "export"
+    for step in (1, 2):
+        export_model(model, tok, out, {"step": step})
+    assert json.loads((out / "training.json").read_text(encoding="utf-8"))["step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".export")) == []  # no staging left
+    loaded = load_model(out, device="cpu", dtype=torch.float32)
+    assert loaded.config.num_hidden_layers == TINY_SHAPE.num_hidden_layers
+
+
+def test_the_shipped_demo_tokenizer_is_what_the_recipe_trains():
+    """The recipe's tokenizer (shared BPE trainer, seed of the shipped run) reproduces the shipped tokenizer.json."""
+    tok = build_tokenizer(TrainSettings().seed)
+    assert json.loads(tok.to_str()) == json.loads((DEMO / "tokenizer.json").read_text(encoding="utf-8"))

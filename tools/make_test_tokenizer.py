@@ -15,23 +15,18 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 
-# Single-threaded training keeps the merge order reproducible.
-os.environ.setdefault("RAYON_NUM_THREADS", "1")
+from tokenizers import Tokenizer
 
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers  # noqa: E402
-
-from sambay_cli.tokenizer import (  # noqa: E402
+from sambay_cli.convert.writer import atomic_output_dir
+from sambay_cli.tokenizer import (
     PHI4_ADDED_TOKENS,
     PHI4_EOS_TOKEN,
     PLAIN_ADDED_TOKENS,
-    add_phi4_tokens,
     phi4_special_tokens_map,
     phi4_tokenizer_config,
+    train_phi4_shaped_bpe,
 )
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -81,33 +76,11 @@ The matrix [[1, 2], [3, 4]] has determinant 1*4 - 2*3 = -2.
 
 def train_backend() -> Tokenizer:
     """Train the byte-level BPE and register the added tokens; the result has exactly TOTAL_IDS ids."""
-    tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(O200K_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
-    later_added = len(PHI4_ADDED_TOKENS) - 1 + len(PLAIN_ADDED_TOKENS)
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOTAL_IDS - later_added,
-        min_frequency=1,
-        special_tokens=[AddedToken(EOS_TOKEN, special=True, normalized=False)],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    lines = TRAINING_TEXT.splitlines(keepends=True)
-    tokenizer.train_from_iterator(lines, trainer=trainer, length=len(lines))
-    learned = tokenizer.get_vocab_size(with_added_tokens=True)
-    if learned != TOTAL_IDS - later_added:
-        raise SystemExit(f"training text too small: got {learned} ids, want {TOTAL_IDS - later_added}")
-
-    add_phi4_tokens(tokenizer)
-    total = tokenizer.get_vocab_size(with_added_tokens=True)
-    if total != TOTAL_IDS:
-        raise SystemExit(f"expected {TOTAL_IDS} ids, got {total}")
-    return tokenizer
+    try:
+        return train_phi4_shaped_bpe(TRAINING_TEXT.splitlines(keepends=True), total_ids=TOTAL_IDS,
+                                     patterns=[O200K_PATTERN], min_frequency=1, exact=True)
+    except ValueError as e:
+        raise SystemExit(str(e)) from None
 
 
 def tokenizer_config(tokenizer: Tokenizer) -> dict:
@@ -171,23 +144,10 @@ def write_fixture(out_dir: Path) -> None:
         added=added,
         eos_ids=generation_config(tokenizer)["eos_token_id"],
     )
-    # Atomic: write a sibling temp dir, then swap it in.
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    staging.chmod(0o755)
-    try:
+    with atomic_output_dir(out_dir, force=True) as staging:  # a sibling temp dir, renamed into place
         for name, text in files.items():
             (staging / name).write_text(text, encoding="utf-8")
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out_dir.rename(backup)
-            staging.rename(out_dir)
-            shutil.rmtree(backup)
-        else:
-            staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     print(f"wrote {out_dir} ({tokenizer.get_vocab_size(with_added_tokens=True)} ids)")
 
 

@@ -13,8 +13,6 @@ import math
 import os
 import random
 import re
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -25,15 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import SambaYConfig, official_config_dir
+from ..config import PHI4FLASH_DEFAULTS, SambaYConfig, official_config_dir
+from ..convert.writer import atomic_output_dir
 from ..model.modeling import FLOAT32_PARAMS, SambaYForCausalLM
 from ..tokenizer import (
     PHI4_ADDED_TOKENS,
     PHI4_EOS_TOKEN,
     PLAIN_ADDED_TOKENS,
-    add_phi4_tokens,
     phi4_special_tokens_map,
     phi4_tokenizer_config,
+    train_phi4_shaped_bpe,
 )
 from . import arith
 
@@ -59,24 +58,6 @@ def phi4_chat_template() -> str:
 
 def build_tokenizer(seed: int):
     """A byte-level BPE (``tokenizers``) trained on training samples; every digit is its own token."""
-    os.environ.setdefault("RAYON_NUM_THREADS", "1")  # single-threaded training keeps the merge order reproducible
-    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
-
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Digits(individual_digits=True),
-        pre_tokenizers.Split(Regex(WORD_PATTERN), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    tok.decoder = decoders.ByteLevel()
-    later = len(PHI4_ADDED_TOKENS) - 1 + len(PLAIN_ADDED_TOKENS)
-    trainer = trainers.BpeTrainer(
-        vocab_size=TOKENIZER_IDS - later,
-        min_frequency=2,
-        special_tokens=[AddedToken(EOS_TOKEN, special=True, normalized=False)],
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
     stream = arith.training_stream(seed, exclude=set())
     texts = []
     for _ in range(TOKENIZER_TRAINING_SAMPLES):
@@ -86,11 +67,8 @@ def build_tokenizer(seed: int):
         for plain in PLAIN_ADDED_TOKENS:
             reply = reply.replace(plain, " ")
         texts.append(prompt + reply)
-    tok.train_from_iterator(texts, trainer=trainer, length=len(texts))
-    add_phi4_tokens(tok)
-    if tok.get_vocab_size(with_added_tokens=True) > TOKENIZER_IDS:
-        raise RuntimeError(f"tokenizer has {tok.get_vocab_size(with_added_tokens=True)} ids, more than {TOKENIZER_IDS}")
-    return tok
+    return train_phi4_shaped_bpe(texts, total_ids=TOKENIZER_IDS, patterns=[WORD_PATTERN], min_frequency=2,
+                                 split_digits=True)
 
 
 def tokenizer_files(tok) -> dict[str, str]:
@@ -121,10 +99,12 @@ TINY_SHAPE = ModelShape(num_hidden_layers=4, hidden_size=64, intermediate_size=1
 
 
 def model_config(shape: ModelShape, eos_id: int, end_id: int, max_positions: int = 4096) -> SambaYConfig:
-    """A phi4flash (official Hugging Face layout) config of the given shape."""
+    """A phi4flash (official Hugging Face layout) config of the given shape; everything else is the official model's
+    default (PHI4FLASH_DEFAULTS: Mamba d_state 16 / d_conv 4 / expand 2, tied embeddings, LayerNorm ε 1e-5, …)."""
     data = {
         "architectures": ["Phi4FlashForCausalLM"],
         "model_type": "phi4flash",
+        **PHI4FLASH_DEFAULTS,  # written out, so the exported config.json is explicit
         "vocab_size": shape.vocab_size,
         "hidden_size": shape.hidden_size,
         "intermediate_size": shape.intermediate_size,
@@ -132,23 +112,10 @@ def model_config(shape: ModelShape, eos_id: int, end_id: int, max_positions: int
         "num_attention_heads": shape.num_attention_heads,
         "num_key_value_heads": shape.num_key_value_heads,
         "sliding_window": shape.sliding_window,
-        "mb_per_layer": 2,
-        "layer_norm_eps": 1e-5,
-        "hidden_act": "silu",
-        "tie_word_embeddings": True,
         "max_position_embeddings": max_positions,
-        "mamba_d_state": 16,
-        "mamba_d_conv": 4,
-        "mamba_expand": 2,
-        "mamba_dt_rank": "auto",
-        "mamba_conv_bias": True,
-        "mamba_proj_bias": False,
-        "mlp_bias": False,
-        "lm_head_bias": False,
         "bos_token_id": eos_id,
         "eos_token_id": eos_id,
         "pad_token_id": eos_id,
-        "initializer_range": 0.02,
         "torch_dtype": "bfloat16",
     }
     return SambaYConfig.from_dict(data, source="demo config")
@@ -486,9 +453,7 @@ def export_model(model: SambaYForCausalLM, tok, out_dir: Path, training_record: 
 
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        staging.chmod(0o755)
+    with atomic_output_dir(out_dir, force=True) as staging:
         (staging / "config.json").write_text(json.dumps(model.config.to_dict(), indent=2) + "\n", encoding="utf-8")
         save_file(export_state_dict(model), str(staging / "model.safetensors"), metadata={"format": "pt"})
         eos_id, end_id = tok.token_to_id(EOS_TOKEN), tok.token_to_id("<|end|>")
@@ -505,16 +470,6 @@ def export_model(model: SambaYForCausalLM, tok, out_dir: Path, training_record: 
             (staging / "README.md").write_text(readme, encoding="utf-8")
         for f in staging.iterdir():
             f.chmod(0o644)
-        if out_dir.exists():
-            backup = out_dir.with_name(f".{out_dir.name}.old")
-            shutil.rmtree(backup, ignore_errors=True)
-            out_dir.rename(backup)
-            staging.rename(out_dir)
-            shutil.rmtree(backup)
-        else:
-            staging.rename(out_dir)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return out_dir
 
 
