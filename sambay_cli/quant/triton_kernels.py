@@ -237,12 +237,14 @@ def _gemm_blocks(m: int) -> tuple[int, int, int]:
 def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
                epilogue: str = "none", memory: torch.Tensor | None = None) -> torch.Tensor:
     """Decode-sized W8A16 through the dense GEMV kernel (int8 codes, a scale per output row), with its fused
-    epilogues: ``swiglu`` (qweight holds [gate | up] rows; returns silu(gate)·up) or ``gate`` (silu(y)·memory)."""
+    epilogues: ``swiglu`` (qweight holds [gate | up] rows; returns silu(gate)·up) or ``gate`` (silu(y)·memory).
+    The word-wise reads cost about two bits of the float32 accumulator (a correction subtracted at the end), which a
+    bf16/fp16 output never sees; float32 activations always take the element-wise path."""
     k, n = x.shape[-1], qweight.shape[0]
     cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int8", k, n)
     return triton_gemv.gemv(x, qweight, bias, scales=scales, epilogue=epilogue, memory=memory,
                             config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"]),
-                            int8_words=_INTERPRET or int8_gemv_variant(k, n) == "words")
+                            int8_words=int8_gemv_variant(k, n) == "words" and x.dtype != torch.float32)
 
 
 def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
