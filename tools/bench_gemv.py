@@ -61,6 +61,27 @@ def graph_us(fns, reps: int = 4) -> float:
     return a.elapsed_time(b) * 1000 / (reps * len(fns))
 
 
+def sweep(cfgs, apply, call, timed, ref, tol: float, label: str):
+    """The fastest of ``cfgs``: for each, ``apply(cfg)`` (sets the environment the kernel reads), check ``call()``
+    against ``ref`` (relative error ≤ ``tol``, else reported and skipped), time the ``timed`` functions with
+    graph_us. Configs that fail to compile are reported and skipped. Returns (cfg, µs) or None."""
+    best = None
+    for cfg in cfgs:
+        apply(cfg)
+        try:
+            err = ((call().float() - ref).norm() / ref.norm()).item()
+            if err > tol:
+                print(f"  {label} {cfg}: wrong (rel {err:.1e})")
+                continue
+            t = graph_us(timed)
+        except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
+            print(f"  {label} {cfg}: {type(e).__name__} {str(e)[:80]}")
+            continue
+        if best is None or t < best[1]:
+            best = (cfg, t)
+    return best
+
+
 def configs(quick: bool):
     bns, bks, warps = ([2, 4, 8], [512, 1024], [4, 8]) if quick else ([1, 2, 4, 8], [256, 512, 1024, 2048], [4, 8])
     for bn, bk, nw in itertools.product(bns, bks, warps):
@@ -95,20 +116,12 @@ def bench_shape(name: str, n: int, k: int, epi: str, count: int, bw: float, quic
     ref = {"none": lambda: reference.linear(x32, w32, None),
            "swiglu": lambda: reference.linear_swiglu(x32, w32, None),
            "gate": lambda: reference.linear_gate(x32, w32, None, mem.float())}[epi]()
-    best = None
-    for cfg in configs(quick):
+
+    def apply(cfg):
         os.environ["SAMBAY_GEMV_BF16"] = ",".join(map(str, cfg))
-        try:
-            err = ((ours(ws[0]).float() - ref).norm() / ref.norm()).item()
-            if err > 2e-2:
-                print(f"  {name} {cfg}: wrong (rel {err:.1e})")
-                continue
-            t = graph_us([lambda w=w: ours(w) for w in ws])
-        except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
-            print(f"  {name} {cfg}: {type(e).__name__}")
-            continue
-        if best is None or t < best[1]:
-            best = (cfg, t)
+
+    best = sweep(configs(quick), apply, lambda w=ws[0]: ours(w), [lambda w=w: ours(w) for w in ws], ref, 2e-2,
+                 name)
     os.environ.pop("SAMBAY_GEMV_BF16", None)
     cfg, t = best
     share = nbytes / (t * 1e-6) / bw

@@ -30,7 +30,7 @@ INT4_CONFIGS = [(1, 512, 4), (2, 512, 4), (4, 512, 4), (8, 512, 4), (1, 1024, 4)
 
 def bench_shape(n: int, k: int, bw: float):
     """bf16, int8 and int4 (best of each sweep) for one [n, k] weight: (printed line, µs per format, best configs)."""
-    from bench_gemv import L2_DEFEAT_BYTES, graph_us
+    from bench_gemv import L2_DEFEAT_BYTES, graph_us, sweep
 
     dev = "cuda"
     w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / k ** 0.5
@@ -56,22 +56,14 @@ def bench_shape(n: int, k: int, bw: float):
                                             ("int4", q4, int4_cfgs, n * k // 2 + 3 * n * k // 128, int4_call, ref4)):
         c = max(1, math.ceil(L2_DEFEAT_BYTES / nbytes))
         qs = [q] + [copy_quantized(q) for _ in range(c - 1)]
-        best = None
-        for cfg in cfgs:
+
+        def apply(cfg, fmt=fmt):
             if isinstance(cfg[0], str):  # (kernel variant, launch config)
                 os.environ["SAMBAY_INT4_GEMV" if fmt == "int4" else "SAMBAY_INT8_GEMV"] = cfg[0]
             os.environ["SAMBAY_GEMV"] = ",".join(map(str, cfg[-3:]))
-            try:
-                err = ((call(q).float() - ref).norm() / ref.norm()).item()
-                if err > 1e-2:
-                    print(f"  {fmt} {cfg}: wrong ({err:.1e})")
-                    continue
-                t = graph_us([lambda q=q, call=call: call(q) for q in qs])
-            except Exception as e:  # noqa: BLE001 - a config that does not compile is skipped
-                print(f"  {fmt} {cfg}: {type(e).__name__} {str(e)[:80]}")
-                continue
-            if best is None or t < best[1]:
-                best = (cfg, t)
+
+        best = sweep(cfgs, apply, lambda q=q, call=call: call(q), [lambda q=q, call=call: call(q) for q in qs], ref,
+                     1e-2, fmt)
         os.environ.pop("SAMBAY_GEMV", None)
         os.environ.pop("SAMBAY_INT4_GEMV", None)
         os.environ.pop("SAMBAY_INT8_GEMV", None)
