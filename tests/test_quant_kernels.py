@@ -94,6 +94,43 @@ def test_int8_word_wise_gemv(epilogue):
             assert _rel(y, ref) < 2e-2, variant
 
 
+@pytest.mark.parametrize("epilogue", ["none", "swiglu", "gate"])
+def test_gemv_split_k(epilogue):
+    """The shared GEMV with its input dimension split across programs (split-K): dense float32 weights (a ragged K:
+    the last step masked) and int8 codes (element-wise and word-wise) give the unsplit result, with every fused
+    epilogue, over two activation rows and two calls in a row (the workspace cleans itself up)."""
+    from sambay_cli.kernels import triton_gemv
+
+    torch.manual_seed(7)
+    n = 24
+    out_n = n // 2 if epilogue == "swiglu" else n
+    for k, int8, words, config in ((200, False, False, (4, 32, 1, 3)), (256, True, False, (4, 32, 1, 4)),
+                                   (256, True, True, (8, 32, 1, 5))):
+        w, x, bias = torch.randn(n, k), torch.randn(2, k), torch.randn(n)
+        memory = torch.randn(2, out_n) if epilogue == "gate" else None
+        if int8:
+            q = formats.quantize_int8(w)
+            weight, scales, dense = q.qweight, q.scales, formats.dequantize_int8(q.qweight, q.scales)
+        else:
+            weight, scales, dense = w, None, w
+        y = x @ dense.T + bias
+        if epilogue == "swiglu":
+            ref = torch.nn.functional.silu(y[:, :out_n]) * y[:, out_n:]
+        elif epilogue == "gate":
+            ref = torch.nn.functional.silu(y) * memory
+        else:
+            ref = y
+        for _ in range(2):
+            out = triton_gemv.gemv(x.to(DEV), weight.to(DEV), bias.to(DEV), epilogue=epilogue,
+                                   memory=memory.to(DEV) if memory is not None else None,
+                                   scales=scales.to(DEV) if scales is not None else None, config=config,
+                                   int8_words=words)
+            assert out.shape == (2, out_n)
+            assert _rel(out, ref) < (1e-4 if not ON_GPU else 2e-3), (k, int8, words)
+    for floats, tickets in triton_gemv._WORKSPACES.values():
+        assert floats.abs().sum().item() == 0 and tickets.abs().sum().item() == 0
+
+
 @pytest.mark.parametrize("rows,symmetric,group", [(1, False, 32), (2, True, 16), (19, False, 32), (17, True, 64)])
 def test_w4a16_matches_reference(rows, symmetric, group):
     torch.manual_seed(rows)
@@ -107,19 +144,87 @@ def test_w4a16_matches_reference(rows, symmetric, group):
     assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
-@pytest.mark.parametrize("variant", ["words", "bytes"])
-@pytest.mark.parametrize("n,k,group", [(13, 96, 32), (6, 40, 4), (9, 56, 8)])
-def test_w4a16_gemv_ragged_groups_rows_and_small_groups(n, k, group, variant, monkeypatch):
-    """Decode GEMV paths (each int4 variant): a group count that is not a multiple of the step, a ragged row count,
-    and groups of fewer than 8 columns (served by the byte-wise kernel whatever the variant)."""
-    monkeypatch.setenv("SAMBAY_INT4_GEMV", variant)
-    torch.manual_seed(n)
-    w = torch.randn(n, k)
-    q = formats.quantize_int4(w, group, False)
-    x, bias = torch.randn(1, k), torch.randn(n)
+@pytest.mark.parametrize("n,k,group,rows,config", [
+    (13, 256, 32, 1, None),  # ragged row count (clamped rows), the default launch
+    (24, 384, 32, 2, (4, 4, 1, 3)),  # 3 steps of 4 groups over 3 splits, two activation rows
+    (20, 320, 16, 1, (8, 2, 1, 4)),  # 10 steps over 4 splits: the last split gets one step, one gets none
+    (9, 64, 8, 4, (4, 1, 1, 2)),  # one-word groups, four activation rows
+])
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_w4a16_gemv_interleaved(n, k, group, rows, config, symmetric):
+    from sambay_cli.kernels import triton_gemv
+
+    """The int4 decode GEMV on the group-interleaved byte order: ragged rows, uneven k-splits (the split-K workspace
+    must be clean afterwards, twice in a row), small groups, several activation rows, float32 activations (read
+    element-wise) within 1e-5; bf16 activations (read as 32-bit pairs) within the bf16 rule."""
+    torch.manual_seed(n + k)
+    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
+    qi = formats.interleave_int4(q.qweight, group).to(DEV)
+    z = q.zeros.to(DEV) if q.zeros is not None else None
+    x, bias = torch.randn(rows, k), torch.randn(n)
+    w = formats.dequantize_int4(q)
+    for dtype, tol in ((torch.float32, 1e-5 if not ON_GPU else 2e-3), (torch.bfloat16, 2e-2)):
+        xd = x.to(DEV, dtype)
+        ref = xd.float().cpu() @ w.T + bias
+        for _ in range(2):
+            y = tk.w4a16_gemv(xd, qi, q.scales.to(DEV), z, group, bias.to(DEV), config=config)
+            assert y.shape == (rows, n) and y.dtype == dtype
+            assert _rel(y, ref) < tol, dtype
+    for floats, tickets in triton_gemv._WORKSPACES.values():
+        assert floats.abs().sum().item() == 0 and tickets.abs().sum().item() == 0
+
+
+def test_int4_interleave_round_trip_and_gemm_orders():
+    """interleave_int4 is a permutation within each group (inverse: deinterleave_int4); word j of a group holds the
+    column pairs j, G/8 + j, 2G/8 + j, 3G/8 + j; the prefill GEMM gives the same result on either order."""
+    torch.manual_seed(1)
+    q = formats.quantize_int4(torch.randn(6, 256), 64)
+    qi = formats.interleave_int4(q.qweight, 64)
+    assert torch.equal(formats.deinterleave_int4(qi, 64), q.qweight)
+    assert not torch.equal(qi, q.qweight) and torch.equal(qi.sort(dim=1).values, q.qweight.sort(dim=1).values)
+    wpg = 64 // 8
+    for j, m in ((0, 0), (3, 1), (7, 3)):
+        assert torch.equal(qi[:, 32 + 4 * j + m], q.qweight[:, 32 + wpg * m + j])  # second group
+    x, bias = torch.randn(7, 256), torch.randn(6)
     ref = x @ formats.dequantize_int4(q).T + bias
-    y = tk.w4a16_linear(x.to(DEV), q.qweight.to(DEV), q.scales.to(DEV), q.zeros.to(DEV), group, bias.to(DEV))
-    assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
+    for packed, inter in ((q.qweight, False), (qi, True)):
+        y = tk.w4a16_linear(x.to(DEV), packed.to(DEV), q.scales.to(DEV), q.zeros.to(DEV), 64, bias.to(DEV),
+                            interleaved=inter)
+        assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
+
+
+def test_quantlinear_int4_gpu_order_everywhere():
+    """After interleave_for_gpu_ an int4 QuantLinear dequantizes, dequantizes row blocks, runs its CPU kernel and
+    its fused epilogues exactly as before; groups that are not a multiple of 8 stay in file order."""
+    from sambay_cli.quant.modules import QuantLinear, linear_then_epilogue
+
+    torch.manual_seed(2)
+    n, k = 32, 256
+    q = formats.quantize_int4(torch.randn(n, k), 32)
+    layer = QuantLinear("int4", k, n, {"qweight": q.qweight.clone(), "scales": q.scales, "zeros": q.zeros},
+                        torch.randn(n), torch.float32, group_size=32)
+    before = layer.dequantize()
+    x = torch.randn(1, k)
+    y_before = layer(x)
+    assert layer.interleave_for_gpu_() and layer.int4_order == "interleaved"
+    assert not torch.equal(layer.qweight, q.qweight)
+    assert torch.equal(layer.dequantize(), before)
+    assert torch.equal(layer.dequantize_rows(5, 17, torch.float32), before[5:17])
+    assert _rel(layer(x), y_before) < 1e-6
+    layer = layer.to(DEV)
+    for epilogue in ("swiglu", "gate"):
+        out_n = n // 2 if epilogue == "swiglu" else n
+        memory = torch.randn(1, out_n, device=DEV) if epilogue == "gate" else None
+        ref = linear_then_epilogue(x.to(DEV), layer, epilogue, memory)
+        fused = tk.w4a16_gemv(x.to(DEV), layer.qweight, layer.scales, layer.zeros_or_none, 32, layer.bias,
+                              epilogue=epilogue, memory=memory)
+        assert fused.shape == (1, out_n)
+        assert _rel(fused, ref) < (1e-5 if not ON_GPU else 2e-3)
+        assert _rel(layer.forward_fused(x.to(DEV), epilogue, memory), ref) < (1e-5 if not ON_GPU else 2e-3)
+    q4 = formats.quantize_int4(torch.randn(4, 12), 4)
+    small = QuantLinear("int4", 12, 4, {"qweight": q4.qweight, "scales": q4.scales, "zeros": q4.zeros}, None,
+                        torch.float32, group_size=4)
+    assert not small.interleave_for_gpu_() and small.int4_order == "file"
 
 
 def test_3d_input_and_dispatch_seam(monkeypatch):
@@ -153,7 +258,8 @@ def test_gpu_official_shapes_bf16(rows):
     x = torch.randn(rows, k, device=DEV, dtype=torch.bfloat16)
     q4 = formats.quantize_int4(w, 128)
     ref4 = x.float() @ formats.dequantize_int4(q4).T
-    y4 = tk.w4a16_linear(x, q4.qweight, q4.scales, q4.zeros, 128, None)
+    y4 = tk.w4a16_linear(x, formats.interleave_int4(q4.qweight, 128), q4.scales, q4.zeros, 128, None,
+                         interleaved=True)
     assert _rel(y4, ref4) < 1e-2
     q8 = formats.quantize_int8(w)
     ref8 = x.float() @ formats.dequantize_int8(q8.qweight, q8.scales).T

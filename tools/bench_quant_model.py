@@ -34,17 +34,29 @@ def quantize_in_memory(model, method: str) -> None:
         if not isinstance(lin, torch.nn.Linear):
             continue
         w = lin.weight.data
-        if method == "int8":
+        if method in ("nf4", "fp4"):  # bitsandbytes' own 4-bit (blocksize 64), served by bitsandbytes' matmul
+            import bitsandbytes.functional as bnb_f
+
+            packed, state = bnb_f.quantize_4bit(w.contiguous(), blocksize=64, quant_type=method)
+            layer = QuantLinear(method, lin.in_features, lin.out_features,
+                                {"qweight": packed, "absmax": state.absmax, "quant_map": state.code}, lin.bias,
+                                w.dtype, bnb_state={"blocksize": 64, "dtype": "bfloat16", "quant_type": method,
+                                                    "shape": [lin.out_features, lin.in_features]})
+        elif method == "int8":
             q = formats.quantize_int8(w)
             layer = QuantLinear("int8", lin.in_features, lin.out_features, {"qweight": q.qweight, "scales": q.scales},
                                 lin.bias, w.dtype)
-        else:
+        elif method == "int4":
             q = formats.quantize_int4(w, 128)
             tensors = {"qweight": q.qweight, "scales": q.scales}
             if q.zeros is not None:
                 tensors["zeros"] = q.zeros
             layer = QuantLinear("int4", lin.in_features, lin.out_features, tensors, lin.bias, w.dtype,
                                 group_size=q.group_size)
+            if w.is_cuda:  # the GPU byte order, as the loader does for CUDA models
+                layer.interleave_for_gpu_()
+        else:
+            raise SystemExit(f"unknown method {method!r} (bf16, int8, int4, nf4, fp4)")
         parent, _, leaf = name.rpartition(".")
         setattr(model.get_submodule(parent), leaf, layer)
     if torch.cuda.is_available():

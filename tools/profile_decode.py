@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Where a decode step's time goes (GPU): kernels of one step of the 3.8B shape with random weights, by device time.
 
-    python tools/profile_decode.py --batch 1 --context 2048
+    python tools/profile_decode.py --batch 1 --context 2048 [--quant int8|int4|nf4]
 
 Prints the kernels of a graph-replayed step grouped by name (calls per step, µs per step), the sum of kernel time
 and the step's wall time — the difference is what launches and gaps cost inside the graph.
@@ -31,11 +31,17 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--top", type=int, default=30)
     ap.add_argument("--prefill", type=int, default=0, help="profile a prefill of this many tokens instead")
+    ap.add_argument("--quant", choices=["int8", "int4", "nf4"], help="quantize the linears in memory first "
+                    "(as tools/bench_quant_model.py does)")
     args = ap.parse_args()
     if args.prefill:
         return profile_prefill(args)
     cfg = official_config()
     model = random_model(cfg, "cuda", torch.bfloat16)
+    if args.quant:
+        from bench_quant_model import quantize_in_memory
+
+        quantize_in_memory(model, args.quant)
     cache = model.new_cache(args.batch, args.context + 64)
     fill_cache(cache, args.context)
     tok = torch.zeros(args.batch, 1, dtype=torch.long, device="cuda")

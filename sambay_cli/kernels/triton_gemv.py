@@ -78,15 +78,83 @@ def _load_x(x_row, ks, K, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                 INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
-                 BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = False):
+def splitk_total(out, up, ws_ptr, cnt_ptr, offs_n, mask_n, row, N, SPLIT, DUAL: tl.constexpr):
+    """Split-K reduction of a GEMV row block: every program adds its float32 partial sums (``out``, and ``up`` for a
+    [gate | up] weight, DUAL) into the workspace and takes a ticket; returns (last, out, up) where ``last`` is true for
+    the program that arrived last — it got the totals back and has zeroed the workspace entries and the counter, so
+    the next call (or graph replay) finds them clean. The workspace holds N (2N with DUAL) floats per activation row;
+    the counters one int32 per (activation row, row block)."""
+    n_ws = N * 2 if DUAL else N
+    ws_row = ws_ptr + row * n_ws + offs_n
+    tl.atomic_add(ws_row, out, mask=mask_n, sem="relaxed")
+    if DUAL:
+        tl.atomic_add(ws_row + N, up, mask=mask_n, sem="relaxed")
+    tl.debug_barrier()  # every thread's partial sums are issued before the ticket releases them
+    counter = cnt_ptr + row * tl.num_programs(0) + tl.program_id(0)
+    ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+    if ticket == SPLIT - 1:
+        out = tl.atomic_add(ws_row, tl.zeros_like(out), mask=mask_n, sem="relaxed")
+        tl.store(ws_row, tl.zeros_like(out), mask=mask_n)
+        if DUAL:
+            up = tl.atomic_add(ws_row + N, tl.zeros_like(up), mask=mask_n, sem="relaxed")
+            tl.store(ws_row + N, tl.zeros_like(up), mask=mask_n)
+        tl.atomic_xchg(counter, 0, sem="relaxed")
+    return ticket == SPLIT - 1, out, up
+
+
+_WORKSPACES: dict = {}
+
+
+def splitk_workspace(device: torch.device, floats: int, counters: int):
+    """The float32 partial-sum buffer and int32 tickets of split-K GEMVs on this device (zero between calls: the
+    last program of each row block cleans up). One per device, shared by every layer: the kernels of a decode step
+    run one after another on one stream (graph capture uses its own stream, hence no per-stream buffers), so two
+    split GEMVs never overlap. Allocated outside CUDA-graph capture only; None during a capture that finds none big
+    enough (the caller then runs unsplit)."""
+    key = str(device)
+    ws = _WORKSPACES.get(key)
+    if ws is None or ws[0].numel() < floats or ws[1].numel() < counters:
+        if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        old_f, old_c = (ws[0].numel(), ws[1].numel()) if ws else (0, 0)
+        ws = (torch.zeros(max(floats, old_f, 1 << 18), device=device, dtype=torch.float32),
+              torch.zeros(max(counters, old_c, 1 << 13), device=device, dtype=torch.int32))
+        _WORKSPACES[key] = ws
+    return ws
+
+
+@triton.jit
+def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn, stride_mm,
+                 stride_ym, SPLIT, INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
+                 EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = False,
+                 ATOMIC: tl.constexpr = False):
+    """Program (row block, activation row, k-split): BLOCK_N rows over its share of the K steps; with SPLIT > 1
+    (ATOMIC) the partial sums meet in the split-K workspace and the last program of the row block runs the
+    epilogue."""
+    if ATOMIC:
+        per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT)
+        k_start = tl.program_id(2) * per_split * BLOCK_K
+        k_stop = tl.minimum(k_start + per_split * BLOCK_K, K)
+    else:  # the whole row from a constant start: the unsplit loop compiles as before split-K existed
+        k_start = 0
+        k_stop = K
     if WORDS:  # int8 codes as 32-bit words (K a multiple of BLOCK_K, itself of 4)
-        _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                    HAS_BIAS, EPILOGUE, BLOCK_N, BLOCK_K // 4)
+        out, up = _gemv_words(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, EPILOGUE, BLOCK_N,
+                              BLOCK_K // 4)
     else:
-        _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                       INT8, HAS_BIAS, EPILOGUE, EVEN_K, BLOCK_N, BLOCK_K)
+        out, up = _gemv_elements(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, INT8, EPILOGUE, EVEN_K,
+                                 BLOCK_N, BLOCK_K)
+    row = tl.program_id(1)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    if ATOMIC:
+        last, out, up = splitk_total(out, up, ws_ptr, cnt_ptr, offs_n, offs_n < N, row, N, SPLIT, EPILOGUE == 1)
+        if last:
+            _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, INT8,
+                            HAS_BIAS, EPILOGUE)
+    else:
+        _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, INT8,
+                        HAS_BIAS, EPILOGUE)
 
 
 @triton.jit
@@ -109,8 +177,9 @@ def _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, s
 
 
 @triton.jit
-def _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+def _gemv_words(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, EPILOGUE: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
+    """Σ over columns [k_start, k_stop) of int8 codes (read as words) · x, unscaled: (rows, "up" rows)."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -123,7 +192,7 @@ def _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, strid
     acc2 = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
     x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
     x_sum2 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    for w0 in range(0, K // 4, BLOCK_W):
+    for w0 in range(k_start // 4, k_stop // 4, BLOCK_W):
         ks4 = w0 + offs_w
         acc, x_sum = _i8_words_dot(w_rows, x_row, ks4, acc, x_sum)
         if EPILOGUE == 1:
@@ -133,14 +202,13 @@ def _gemv_words(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, strid
     up = out
     if EPILOGUE == 1:
         up = 256.0 * tl.sum(acc2, axis=1) - 384.0 * xs
-    _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, True, HAS_BIAS,
-                    EPILOGUE)
+    return out, up
 
 
 @triton.jit
-def _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_mm, stride_ym,
-                   INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr,
-                   BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _gemv_elements(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, INT8: tl.constexpr,
+                   EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+    """Σ over columns [k_start, k_stop) of W · x, unscaled: (rows, "up" rows)."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -151,7 +219,7 @@ def _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, st
     w2_rows = w_ptr + (rows + N)[:, None] * stride_wn  # the "up" half of a SwiGLU fc1
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_stop, BLOCK_K):
         ks = k0 + offs_k
         x = _load_x(x_row, ks, K, EVEN_K)
         acc += _to_float(_load_w(w_rows, ks, K, EVEN_K), INT8) * x[None, :]
@@ -161,8 +229,7 @@ def _gemv_elements(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, N, K, stride_xm, st
     up = out
     if EPILOGUE == 1:
         up = tl.sum(acc2, axis=1)
-    _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, INT8, HAS_BIAS,
-                    EPILOGUE)
+    return out, up
 
 
 # (block_n, block_k, num_warps) by shape: the best of tools/bench_gemv.py's sweep on an H100 (CUDA-graph device time)
@@ -176,12 +243,12 @@ CONFIGS: dict[tuple[int, int], tuple[int, int, int]] = {
 }
 
 
-def gemv_config(n: int, k: int) -> tuple[int, int, int]:
-    """Launch parameters for an [n, k] weight; SAMBAY_GEMV_BF16="block_n,block_k,num_warps" overrides (tuning)."""
+def gemv_config(n: int, k: int) -> tuple[int, ...]:
+    """Launch parameters for an [n, k] weight; SAMBAY_GEMV_BF16="block_n,block_k,num_warps[,split]" overrides
+    (tuning)."""
     override = os.environ.get("SAMBAY_GEMV_BF16", "")
     if "," in override:
-        bn, bk, nw = (int(v) for v in override.split(","))
-        return bn, bk, nw
+        return tuple(int(v) for v in override.split(","))
     if _INTERPRET:
         return 4, 32, 1
     return CONFIGS.get((n, k), DEFAULT_CONFIG)
@@ -199,12 +266,14 @@ def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, epilogue: str = "none",
          memory: torch.Tensor | None = None, scales: torch.Tensor | None = None,
-         config: tuple[int, int, int] | None = None, int8_words: bool = False) -> torch.Tensor:
+         config: tuple[int, ...] | None = None, int8_words: bool = False) -> torch.Tensor:
     """x [..., K] · weight [N', K]ᵀ with the named epilogue; out [..., N] in x's dtype, where N = N'/2 for ``swiglu``
     and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``. With ``scales`` [N'], ``weight``
-    holds int8 codes and row r is scaled by scales[r] (W8A16). ``config``: (block_n, block_k, num_warps) instead of
-    the table. ``int8_words``: read int8 codes as 32-bit words (whole steps only). Each activation row is its own pass
-    over the weight (the seam sends one row; W8A16 up to four)."""
+    holds int8 codes and row r is scaled by scales[r] (W8A16). ``config``: (block_n, block_k, num_warps[, split])
+    instead of the table; split > 1 divides the K steps among that many programs per row block (split-K through
+    :func:`splitk_workspace`; unsplit during a CUDA-graph capture that finds no workspace). ``int8_words``: read int8
+    codes as 32-bit words (whole steps only). Each activation row is its own pass over the weight (the seam sends one
+    row; W8A16 up to four)."""
     kind = _EPILOGUES[epilogue]
     k = x.shape[-1]
     lead = x.shape[:-1]
@@ -220,13 +289,19 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
             mem = mem.contiguous()
     else:
         mem = y
-    block_n, block_k, warps = config or gemv_config(weight.shape[0], k)
+    cfg = tuple(config or gemv_config(weight.shape[0], k))
+    block_n, block_k, warps = cfg[:3]
     block_k = min(block_k, triton.next_power_of_2(k))
+    split = max(1, min(cfg[3] if len(cfg) > 3 else 1, triton.cdiv(k, block_k)))
     words = int8_words and scales is not None and k % block_k == 0 and block_k >= 4 and weight.is_contiguous()
     w = weight.view(torch.int32) if words else weight
-    grid = (triton.cdiv(n, block_n), m_rows)
-    _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, n, k,
-                       x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), INT8=scales is not None,
-                       HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0, BLOCK_N=block_n,
-                       BLOCK_K=block_k, WORDS=words, num_warps=warps)
+    blocks = triton.cdiv(n, block_n)
+    ws = splitk_workspace(x.device, m_rows * weight.shape[0], m_rows * blocks) if split > 1 else None
+    if ws is None:
+        split, ws = 1, (y, y)
+    grid = (blocks, m_rows, split)
+    _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, ws[0],
+                       ws[1], n, k, x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), split,
+                       INT8=scales is not None, HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0,
+                       BLOCK_N=block_n, BLOCK_K=block_k, WORDS=words, ATOMIC=split > 1, num_warps=warps)
     return y.reshape(*lead, n)

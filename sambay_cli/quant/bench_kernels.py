@@ -54,13 +54,15 @@ def main() -> None:
         x = torch.randn(args.rows, k, device=dev, dtype=torch.bfloat16)
         q8 = formats.quantize_int8(w)
         q4 = formats.quantize_int4(w, 128, clip_search=False)
+        q4.qweight = formats.interleave_int4(q4.qweight, 128)  # the byte order the GPU kernels read
         act = x.numel() * 2 + args.rows * n * 2
         res = {"shape": name, "out": n, "in": k}
         t = _time(lambda w=w, x=x: F.linear(x, w))
         res["bf16"] = {"s": t, "bytes": w.numel() * 2 + act}
         t = _time(lambda x=x, q8=q8: triton_kernels.w8a16_linear(x, q8.qweight, q8.scales, None))
         res["int8"] = {"s": t, "bytes": q8.qweight.numel() + q8.scales.numel() * 4 + act}
-        t = _time(lambda x=x, q4=q4: triton_kernels.w4a16_linear(x, q4.qweight, q4.scales, q4.zeros, 128, None))
+        t = _time(lambda x=x, q4=q4: triton_kernels.w4a16_linear(x, q4.qweight, q4.scales, q4.zeros, 128, None,
+                                                                 interleaved=True))
         res["int4"] = {"s": t, "bytes": q4.qweight.numel() + q4.scales.numel() * 3 + act}
         if bnb is not None:
             packed, state = bnb_f.quantize_4bit(w, blocksize=64, quant_type="nf4")

@@ -9,6 +9,11 @@ Own formats (``quant_method: "sambay"`` in config.json), for a linear layer ``X`
   bfloat16 [out, in/g] and, when asymmetric (the default), ``X.zeros`` uint8 [out, in/g] holding integer zero points
   in [0, 15]. W ≈ (code − zero) · scale, with zero = 8 implied for the symmetric variant (scale = max|W|/7).
 
+In GPU memory an int4 layer is held in the **group-interleaved** byte order of the decode kernel (same bytes, same
+size; :func:`interleave_int4`): within each group the G/2 bytes, file order p = 0 … G/2−1 (byte p holds columns
+2p and 2p+1), are stored as a [4, G/8] → [G/8, 4] transpose, so 32-bit word j of a group holds the column pairs j,
+G/8 + j, 2·G/8 + j and 3·G/8 + j in its bytes 0–3. Files always use the plain order above.
+
 bitsandbytes formats (``nf4``, ``fp4``, ``bnb-int8``) are written by bitsandbytes itself (see :mod:`.bnb`); this
 module only holds their dequantization, which needs no bitsandbytes.
 """
@@ -79,6 +84,22 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
     low = packed & 0x0F
     high = packed >> 4
     return torch.stack([low, high], dim=-1).reshape(packed.shape[0], packed.shape[1] * 2)
+
+
+def interleave_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """File byte order → the decode kernel's group-interleaved order (group_size a multiple of 8): within each group
+    byte 4j + m takes the byte of column pair (G/8)·m + j, so word j of the group holds pairs j, G/8 + j, … in bytes
+    0–3 and the activations each of its nibble positions meets are G/8 consecutive pairs."""
+    n, kh = packed.shape
+    half = group_size // 2
+    return packed.reshape(n, kh // half, 4, half // 4).transpose(-1, -2).reshape(n, kh)
+
+
+def deinterleave_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Inverse of :func:`interleave_int4`."""
+    n, kh = packed.shape
+    half = group_size // 2
+    return packed.reshape(n, kh // half, half // 4, 4).transpose(-1, -2).reshape(n, kh)
 
 
 def int4_codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int) -> torch.Tensor:

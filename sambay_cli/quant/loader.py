@@ -116,6 +116,8 @@ def load_quantized_model(directory: Path, config: SambaYConfig, *, dtype: torch.
         old = modules[module]
         bias = dense.pop(f"{module}.bias", None)
         layer = build_layer(fmt, module, parts, old.in_features, old.out_features, bias, dtype)
+        if device.type == "cuda":  # int4: the decode kernel's byte order, once, before any CUDA graph is captured
+            layer.interleave_for_gpu_()
         parent_name, _, child = module.rpartition(".")
         setattr(modules[parent_name] if parent_name else model, child, layer)
         dense_expected.pop(f"{module}.bias", None)

@@ -51,6 +51,9 @@ class QuantLinear(nn.Module):
             self.register_parameter(name, _frozen(t))
         self.bias = _frozen(bias) if bias is not None else None
         self._bnb_quant_state = None  # built lazily for bitsandbytes' own CUDA matmul
+        # int4 byte order in memory: "file" (as stored) or "interleaved" (the GPU GEMV's group-interleaved order,
+        # formats.interleave_int4: same bytes, permuted within each group); see interleave_for_gpu_
+        self.int4_order = "file"
 
     def extra_repr(self) -> str:
         extra = f", group_size={self.group_size}" if self.group_size else ""
@@ -59,6 +62,23 @@ class QuantLinear(nn.Module):
     @property
     def zeros_or_none(self) -> torch.Tensor | None:
         return self._parameters.get("zeros")
+
+    def interleave_for_gpu_(self) -> bool:
+        """Put an int4 layer's bytes in the GPU decode kernel's group-interleaved order, in place (one layer's bytes
+        of extra memory for a moment). Groups that are not a multiple of 8 columns keep the file order (served by
+        the GEMM kernel). Returns whether the layer is now interleaved."""
+        if self.fmt != "int4" or self.int4_order == "interleaved":
+            return self.int4_order == "interleaved"
+        if self.group_size % 8:
+            return False
+        self.qweight.data = formats.interleave_int4(self.qweight.data, self.group_size)
+        self.int4_order = "interleaved"
+        return True
+
+    def int4_file_bytes(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
+        """Rows [start, stop) of an int4 layer's packed bytes in file order (whatever the order in memory)."""
+        q = self.qweight[start:stop]
+        return formats.deinterleave_int4(q, self.group_size) if self.int4_order == "interleaved" else q
 
     def packed_bytes(self) -> int:
         return sum(p.numel() * p.element_size() for name, p in self.named_parameters() if name != "bias")
@@ -69,8 +89,8 @@ class QuantLinear(nn.Module):
         if self.fmt == "int8":
             return formats.dequantize_int8(self.qweight, self.scales, dtype)
         if self.fmt == "int4":
-            return formats.dequantize_int4_codes(formats.unpack_int4(self.qweight), self.scales, self.zeros_or_none,
-                                                 self.group_size, dtype)
+            return formats.dequantize_int4_codes(formats.unpack_int4(self.int4_file_bytes()), self.scales,
+                                                 self.zeros_or_none, self.group_size, dtype)
         if self.fmt == "bnb-int8":
             return formats.dequantize_bnb_int8(self.qweight, self.SCB, dtype)
         nested = None
@@ -87,7 +107,7 @@ class QuantLinear(nn.Module):
         if self.fmt == "bnb-int8":
             return formats.dequantize_bnb_int8(self.qweight[start:stop], self.SCB[start:stop], dtype)
         zeros = self.zeros_or_none
-        codes = formats.unpack_int4(self.qweight[start:stop])
+        codes = formats.unpack_int4(self.int4_file_bytes(start, stop))
         g = self.group_size
         w = codes.to(dtype).view(stop - start, -1, g)
         w.sub_(zeros[start:stop, :, None].to(dtype) if zeros is not None else 8.0)
@@ -103,10 +123,13 @@ class QuantLinear(nn.Module):
         return kernels.resolve(op, x).fn(x, self)
 
     def forward_fused(self, x: torch.Tensor, epilogue: str, memory: torch.Tensor | None = None) -> torch.Tensor:
-        """This layer followed by an element-wise epilogue, in one kernel where one exists (int8 at decode on CUDA):
-        ``swiglu`` — the rows are [gate | up], returns silu(gate)·up; ``gate`` — returns silu(y)·memory (the GMU)."""
+        """This layer followed by an element-wise epilogue, in one kernel where one exists (int8 and int4 at decode on
+        CUDA): ``swiglu`` — the rows are [gate | up], returns silu(gate)·up; ``gate`` — returns silu(y)·memory (the
+        GMU)."""
         if self.fmt == "int8":
             return kernels.resolve("w8a16_linear_epilogue", x).fn(x, self, epilogue, memory)
+        if self.fmt == "int4":
+            return kernels.resolve("w4a16_linear_epilogue", x).fn(x, self, epilogue, memory)
         return linear_then_epilogue(x, self, epilogue, memory)
 
 
@@ -185,7 +208,7 @@ def cpu_int4pack(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
 def _cpu_int4_pack(layer: QuantLinear, dtype: torch.dtype):
     if layer.out_features % 16 or layer.group_size not in (32, 64, 128, 256) or layer.in_features % layer.group_size:
         return None, None, dtype
-    codes = formats.unpack_int4(layer.qweight).to(torch.int32)
+    codes = formats.unpack_int4(layer.int4_file_bytes()).to(torch.int32)
     try:
         packed = torch.ops.aten._convert_weight_to_int4pack_for_cpu(codes, 1)
     except RuntimeError:
@@ -216,9 +239,27 @@ def triton_w8a16_epilogue(x: torch.Tensor, layer: QuantLinear, epilogue: str,
     return _triton_quant().w8a16_gemv(x, layer.qweight, layer.scales, layer.bias, epilogue=epilogue, memory=memory)
 
 
+def _gpu_order(layer: QuantLinear) -> bool:
+    """Whether the layer is in the GPU's interleaved order, converting it at first use (not inside a CUDA-graph
+    capture; the loader converts CUDA models up front)."""
+    capturing = torch.cuda.is_available() and torch.cuda.is_current_stream_capturing()
+    if layer.int4_order == "file" and not capturing:
+        layer.interleave_for_gpu_()
+    return layer.int4_order == "interleaved"
+
+
 def triton_w4a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     return _triton_quant().w4a16_linear(x, layer.qweight, layer.scales, layer.zeros_or_none, layer.group_size,
-                                        layer.bias)
+                                        layer.bias, interleaved=_gpu_order(layer))
+
+
+def triton_w4a16_epilogue(x: torch.Tensor, layer: QuantLinear, epilogue: str,
+                          memory: torch.Tensor | None = None) -> torch.Tensor:
+    tk = _triton_quant()
+    if x.numel() // x.shape[-1] > tk.GEMV_MAX_ROWS or not _gpu_order(layer):
+        return linear_then_epilogue(x, layer, epilogue, memory)
+    return tk.w4a16_gemv(x, layer.qweight, layer.scales, layer.zeros_or_none, layer.group_size, layer.bias,
+                         epilogue=epilogue, memory=memory)
 
 
 def _bnb_cuda_available(x: torch.Tensor, *_args) -> bool:
@@ -267,5 +308,7 @@ kernels.register("w8a16_linear_epilogue", "torch", linear_then_epilogue, kernels
 kernels.register("w8a16_linear", "triton", triton_w8a16, _triton_available)
 kernels.register("w8a16_linear_epilogue", "triton", triton_w8a16_epilogue, _triton_available)
 kernels.register("w4a16_linear", "triton", triton_w4a16, _triton_available)
+kernels.register("w4a16_linear_epilogue", "torch", linear_then_epilogue, kernels.always, first=False)
+kernels.register("w4a16_linear_epilogue", "triton", triton_w4a16_epilogue, _triton_available)
 kernels.register("bnb4_linear", "bitsandbytes", bnb4_linear, _bnb_cuda_available)
 kernels.register("bnb8_linear", "bitsandbytes", bnb8_linear, _bnb_cuda_available)

@@ -3,11 +3,13 @@
 Dequantization happens in registers; the packed weight is read once.
 
 * GEMV (decode, few rows): each program owns BLOCK_N output channels for one activation row and walks the input
-  dimension, multiplying the dequantized tile by the activation slice and reducing along K (CUDA cores; at batch 1
-  the op is bound by reading the weight). int8 runs the dense GEMV of ``kernels/triton_gemv.py`` with a row scale.
+  dimension (CUDA cores; at batch 1 the op is bound by reading the weight). int8 runs the dense GEMV of
+  ``kernels/triton_gemv.py`` with a row scale. int4 runs its own kernel on the group-interleaved GPU byte order
+  (``formats.interleave_int4``), which lets every nibble position meet a contiguous run of activations; narrow
+  layers split the input dimension across programs (split-K through a self-cleaning float32 workspace).
 * GEMM (prefill): classic tiled matmul with ``tl.dot``; the int4 tile is split into its low-nibble (even columns) and
-  high-nibble (odd columns) halves, each dotted with the matching even/odd activation columns, so no interleave is
-  needed. Accumulation is float32; output in the activation dtype.
+  high-nibble (odd columns) halves, each dotted with the matching even/odd activation columns (gathered by pair
+  index for the interleaved order). Accumulation is float32; output in the activation dtype.
 
 All kernels also run under the Triton interpreter (TRITON_INTERPRET=1) for CPU tests.
 """
@@ -58,95 +60,123 @@ def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, strid
 
 
 @triton.jit
-def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
-                    GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_KH: tl.constexpr):
-    """BLOCK_KH packed bytes (2·BLOCK_KH input columns, a whole number of groups) per step. Per group g the dot is
-    scale_g · (Σ codes·x − zero_g · Σ x), so scales and zeros are applied once per group, not per weight."""
-    pid_n = tl.program_id(0)
-    row = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    KH = K // 2
-    HALF: tl.constexpr = GROUP // 2  # packed bytes per group
-    NG: tl.constexpr = BLOCK_KH // HALF  # groups per step
-    acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-    for k0 in range(0, KH, BLOCK_KH):  # few, wide steps (bandwidth- rather than latency-bound)
-        offs_kh = k0 + tl.arange(0, BLOCK_KH)
-        mask_k = offs_kh < KH
-        m2 = mask_n[:, None] & mask_k[None, :]
-        packed = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_kh[None, :], mask=m2, other=0).to(tl.int32)
-        x_even = tl.load(x_ptr + row * stride_xm + offs_kh * 2, mask=mask_k, other=0.0).to(tl.float32)
-        x_odd = tl.load(x_ptr + row * stride_xm + offs_kh * 2 + 1, mask=mask_k, other=0.0).to(tl.float32)
-        dot = (packed & 0xF).to(tl.float32) * x_even[None, :] + ((packed >> 4) & 0xF).to(tl.float32) * x_odd[None, :]
-        dot_g = tl.sum(tl.reshape(dot, (BLOCK_N, NG, HALF)), axis=2)  # [BLOCK_N, NG]
-        offs_g = k0 // HALF + tl.arange(0, NG)
-        mask_g = offs_g < KH // HALF
-        mg = mask_n[:, None] & mask_g[None, :]
-        scale = tl.load(s_ptr + offs_n[:, None] * stride_sn + offs_g[None, :], mask=mg, other=0.0).to(tl.float32)
-        if HAS_ZEROS:
-            zero = tl.load(z_ptr + offs_n[:, None] * stride_sn + offs_g[None, :], mask=mg, other=0).to(tl.float32)
+def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                  NG: tl.constexpr, BLOCK_N: tl.constexpr, X_PAIRS: tl.constexpr):
+    """scale·Σ (code − zero)·x over NG whole groups of BLOCK_N rows, per [group, row, word] (group-interleaved words).
+
+    Nibble k of a 16-bit half (k = 0…3, bits 4k…4k+3) is OR-ed into the mantissa of 2²³ in place (one LOP3 with the
+    magic in a register): the float is 2²³ + code·2^(4k), and subtracting 2²³ + zero·2^(4k) leaves (code − zero)·2^(4k)
+    exactly; the activation it meets is pre-scaled by 2^(−4k) once per step and shared by the thread's rows. Bytes
+    2–3 of each word are reached with one shift per word."""
+    WPG: tl.constexpr = GROUP // 8
+    high = words >> 16  # words: [NG, BLOCK_N, WPG] int32
+    scale = tl.load(s_tile + g0).to(tl.float32)[:, :, None]
+    if HAS_ZEROS:
+        zero = tl.load(z_tile + g0).to(tl.float32)[:, :, None]
+    else:
+        zero = tl.full((NG, BLOCK_N, 1), 8.0, tl.float32)
+    c0 = 8388608.0 + zero
+    c1 = 8388608.0 + zero * 16.0
+    c2 = 8388608.0 + zero * 256.0
+    c3 = 8388608.0 + zero * 4096.0
+    part = tl.zeros((NG, BLOCK_N, WPG), dtype=tl.float32)
+    for m in tl.static_range(4):  # byte m of every word: column pair (G/8)·m + j
+        if X_PAIRS:  # two bf16 activations per int32: each becomes a float with one logic op
+            pairs = tl.load(x_tile + g0 * (GROUP // 2) + WPG * m)
+            x_even = (pairs << 16).to(tl.float32, bitcast=True)
+            x_odd = (pairs & -65536).to(tl.float32, bitcast=True)
         else:
-            zero = tl.full((BLOCK_N, NG), 8.0, tl.float32)
-        x_sum = tl.sum(tl.reshape(x_even + x_odd, (NG, HALF)), axis=1)  # [NG]
-        acc += tl.sum(scale * (dot_g - zero * x_sum[None, :]), axis=1)
-    out = acc
-    if HAS_BIAS:
-        out += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
+            x_even = tl.load(x_tile + 2 * (g0 * (GROUP // 2) + WPG * m)).to(tl.float32)
+            x_odd = tl.load(x_tile + 2 * (g0 * (GROUP // 2) + WPG * m) + 1).to(tl.float32)
+        if m < 2:
+            src = words
+        else:
+            src = high
+        if m % 2 == 0:
+            part += (((src & 0xF) | MAGIC).to(tl.float32, bitcast=True) - c0) * x_even[:, None, :]
+            part += (((src & 0xF0) | MAGIC).to(tl.float32, bitcast=True) - c1) * (x_odd * 0.0625)[:, None, :]
+        else:
+            part += (((src & 0xF00) | MAGIC).to(tl.float32, bitcast=True) - c2) * (x_even * 0.00390625)[:, None, :]
+            part += (((src & 0xF000) | MAGIC).to(tl.float32, bitcast=True) - c3) * (x_odd * 0.000244140625)[:, None, :]
+    return scale * part
+
 
 @triton.jit
-def _w4_gemv_words_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, N, K, stride_xm, stride_wn, stride_sn,
-                          stride_ym, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-    """int4 GEMV over 32-bit words (8 codes each; code i of word j is input column 8j + i at bits 4i..4i+3 — the
-    byte layout read little-endian). Each step takes [BLOCK_N, BLOCK_W] words (whole groups); for every nibble
-    position i the codes become floats without an int→float conversion instruction (OR the 4 bits into the mantissa
-    of 2²³, then subtract 2²³ — exact) and are multiplied by the activations of columns 8j + i. Each group's words are
-    then summed and its scale and zero point applied once: scale·(Σ codes·x − zero·Σ x), into a [BLOCK_N, groups]
-    float32 accumulator reduced across the row at the end."""
+def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn,
+                    stride_sn, stride_mm, stride_ym, MAGIC, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                    HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr,
+                    ATOMIC: tl.constexpr, X_PAIRS: tl.constexpr):
+    """W4A16 decode GEMV over group-interleaved int4 words (bf16/fp16 activations read as pairs).
+
+    Program (n-block, k-split, activation row): BLOCK_N output rows (and, for the SwiGLU epilogue, the matching "up"
+    rows N…2N) over its share of the input's NG-group steps. The float32 accumulator stays [groups, rows, words] per
+    thread until the end — no cross-thread reduction in the loop. With SPLIT > 1 (ATOMIC) each program adds its
+    partial sums into a float32 workspace and takes a ticket; the last program of an n-block reads the totals back,
+    zeroes the workspace and its counter (triton_gemv.splitk_total) and runs the epilogue."""
+    WPG: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
-    row = tl.program_id(1)
-    WPG: tl.constexpr = GROUP // 8  # words per group
-    NGS: tl.constexpr = BLOCK_W // WPG  # groups per step
+    pid_k = tl.program_id(1)
+    row = tl.program_id(2)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
-    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
-    kw = K // 8
-    offs_w = tl.arange(0, BLOCK_W)
-    x_row = x_ptr + row * stride_xm
-    acc = tl.zeros((BLOCK_N, NGS), dtype=tl.float32)
-    for w0 in range(0, kw, BLOCK_W):
-        ws = w0 + offs_w
-        mw = ws < kw
-        words = tl.load(w_ptr + rows[:, None] * stride_wn + ws[None, :], mask=mw[None, :], other=0)
-        part = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
-        x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
-        for i in tl.static_range(8):
-            xi = tl.load(x_row + ws * 8 + i, mask=mw, other=0.0).to(tl.float32)
-            code = (((words >> (4 * i)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - 8388608.0
-            part += code * xi[None, :]
-            x_sum += xi
-        part_g = tl.sum(tl.reshape(part, (BLOCK_N, NGS, WPG)), axis=2)
-        x_sum_g = tl.sum(tl.reshape(x_sum, (NGS, WPG)), axis=1)
-        grp = w0 // WPG + tl.arange(0, NGS)
-        mg = (grp < kw // WPG)[None, :]
-        scale = tl.load(s_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0.0).to(tl.float32)
-        if HAS_ZEROS:
-            zero = tl.load(z_ptr + rows[:, None] * stride_sn + grp[None, :], mask=mg, other=0).to(tl.float32)
-        else:
-            zero = 8.0
-        acc += scale * (part_g - zero * x_sum_g[None, :])
-    out = tl.sum(acc, axis=1)
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # clamped: the loads stay in bounds without a mask
+    gs = tl.arange(0, NG)
+    ws = tl.arange(0, WPG)
+    w_tile = w_ptr + rows[None, :, None] * stride_wn + gs[:, None, None] * WPG + ws[None, None, :]
+    s_tile = s_ptr + rows[None, :] * stride_sn + gs[:, None]
+    z_tile = z_ptr + rows[None, :] * stride_sn + gs[:, None]
+    if X_PAIRS:  # int32 pointer to the column pairs
+        x_tile = x_ptr.to(tl.pointer_type(tl.int32)) + row * (stride_xm // 2) + gs[:, None] * (GROUP // 2) + ws[None, :]
+    else:  # element pointer: the pair's even column
+        x_tile = x_ptr + row * stride_xm + 2 * (gs[:, None] * (GROUP // 2) + ws[None, :])
+    steps = K // (GROUP * NG)
+    per_split = tl.cdiv(steps, SPLIT)
+    start = pid_k * per_split
+    stop = tl.minimum(start + per_split, steps)
+    acc = tl.zeros((NG, BLOCK_N, WPG), dtype=tl.float32)
+    acc2 = tl.zeros((NG, BLOCK_N, WPG), dtype=tl.float32)
+    w2_tile = w_tile + N * stride_wn  # the "up" rows of [gate | up] (EPILOGUE 1)
+    for step in range(start, stop):
+        g0 = step * NG
+        acc += _w4_group_dot(tl.load(w_tile + g0 * WPG), s_tile, z_tile, x_tile, g0, MAGIC, GROUP, HAS_ZEROS, NG,
+                             BLOCK_N, X_PAIRS)
+        if EPILOGUE == 1:
+            acc2 += _w4_group_dot(tl.load(w2_tile + g0 * WPG), s_tile + N * stride_sn, z_tile + N * stride_sn,
+                                  x_tile, g0, MAGIC, GROUP, HAS_ZEROS, NG, BLOCK_N, X_PAIRS)
+    out = tl.sum(tl.sum(acc, axis=2), axis=0)
+    up = tl.sum(tl.sum(acc2, axis=2), axis=0)
+    if ATOMIC:
+        last, out, up = triton_gemv.splitk_total(out, up, ws_ptr, cnt_ptr, offs_n, mask_n, row, N, SPLIT,
+                                                 EPILOGUE == 1)
+        if last:
+            _w4_epilogue_store(out, up, b_ptr, m_ptr, y_ptr, rows, offs_n, mask_n, row, N, stride_mm, stride_ym,
+                               HAS_BIAS, EPILOGUE)
+    else:
+        _w4_epilogue_store(out, up, b_ptr, m_ptr, y_ptr, rows, offs_n, mask_n, row, N, stride_mm, stride_ym,
+                           HAS_BIAS, EPILOGUE)
+
+
+@triton.jit
+def _w4_epilogue_store(out, up, b_ptr, m_ptr, y_ptr, rows, offs_n, mask_n, row, N, stride_mm, stride_ym,
+                       HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr):
     if HAS_BIAS:
         out += tl.load(b_ptr + rows).to(tl.float32)
+        if EPILOGUE == 1:
+            up += tl.load(b_ptr + rows + N).to(tl.float32)
+    if EPILOGUE == 1:  # SwiGLU: silu(gate)·up
+        out = out / (1.0 + tl.exp(-out)) * up
+    if EPILOGUE == 2:  # GMU gate: silu(y)·memory
+        out = out / (1.0 + tl.exp(-out)) * tl.load(m_ptr + row * stride_mm + rows).to(tl.float32)
     tl.store(y_ptr + row * stride_ym + offs_n, out.to(y_ptr.dtype.element_ty), mask=mask_n)
 
 
 @triton.jit
 def _w4_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
                     GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                    BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr):
+                    BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr, INTERLEAVED: tl.constexpr = False):
+    """Prefill W4A16: each packed tile dotted as its low- and high-nibble halves with the matching even / odd
+    activation columns. INTERLEAVED: the bytes are in the GPU's group-interleaved order (byte 4j + m of a group holds
+    column pair (G/8)·m + j), so the activation columns of each byte are gathered accordingly."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -167,8 +197,13 @@ def _w4_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm
         else:
             zero = 8.0
         mx = mask_m[:, None] & mask_k[None, :]
-        x_even = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_kh[None, :] * 2, mask=mx, other=0.0)
-        x_odd = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_kh[None, :] * 2 + 1, mask=mx, other=0.0)
+        if INTERLEAVED:
+            in_group = offs_kh % (GROUP // 2)
+            pair = offs_kh - in_group + (in_group % 4) * (GROUP // 8) + in_group // 4
+        else:
+            pair = offs_kh
+        x_even = tl.load(x_ptr + offs_m[:, None] * stride_xm + pair[None, :] * 2, mask=mx, other=0.0)
+        x_odd = tl.load(x_ptr + offs_m[:, None] * stride_xm + pair[None, :] * 2 + 1, mask=mx, other=0.0)
         w_lo = (((packed & 0xF).to(tl.float32) - zero) * scale).to(x_even.dtype)  # [BLOCK_KH, BLOCK_N]
         w_hi = ((((packed >> 4) & 0xF).to(tl.float32) - zero) * scale).to(x_even.dtype)
         acc += tl.dot(x_even, w_lo, out_dtype=tl.float32)
@@ -187,39 +222,28 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]).contiguous(), lead
 
 
-# GEMV launch (rows per program, input columns per step, warps) and kernel variant, the best of
+# int8 GEMV launch (rows per program, input columns per step, warps) and kernel variant, the best of
 # tools/bench_quant_gemv.py's sweep on an H100 (CUDA-graph device time, weights rotated to defeat the L2 cache): all
-# linears of one 3.8B token (lm_head excluded) in 1.62 ms (int8) and 1.86–1.90 ms (int4) against 2.78 ms for bf16
-# cuBLAS. int8 reads its codes as 32-bit words on the wide 2560-input layers and element-wise elsewhere; int4 runs
-# the byte-wise kernel on 2560-wide inputs and the word-wise kernel on wider ones.
+# int8 linears of one 3.8B token (lm_head excluded) in 1.62 ms against 2.78 ms for bf16 cuBLAS. int8 reads its codes
+# as 32-bit words on the wide 2560-input layers and element-wise elsewhere.
 def _default_gemv(fmt: str, k: int, n: int = 0) -> tuple[str, dict[str, int]]:
-    if fmt == "int8":
-        if k <= 2560 and n >= 10240:  # MLP fc1, Mamba in_proj: codes read as 32-bit words
-            variant, cfg = "words", (8, 512, 4)
-        elif k <= 2560:
-            variant, cfg = "bytes", (1, 512, 2) if n <= 2560 else (4, 512, 4)
-        else:
-            variant, cfg = "bytes", (2, 1024, 4)
+    if k <= 2560 and n >= 10240:  # MLP fc1, Mamba in_proj: codes read as 32-bit words
+        variant, cfg = "words", (8, 512, 4)
     elif k <= 2560:
-        variant, cfg = "bytes", (8, 512, 4)
+        variant, cfg = "bytes", (1, 512, 2) if n <= 2560 else (4, 512, 4)
     else:
-        variant, cfg = "words", (4, 1024, 4)
-    return variant, {"block_n": cfg[0], "block_k": cfg[1], "num_warps": cfg[2]}
+        variant, cfg = "bytes", (2, 1024, 4)
+    return variant, {"block_n": cfg[0], "block_k": cfg[1], "num_warps": cfg[2], "split": 1}
 
 
 def gemv_config(fmt: str, k: int = 2560, n: int = 0) -> dict[str, int]:
-    """The GEMV launch parameters of ``fmt`` for an [n, k] weight; SAMBAY_GEMV="block_n,block_k,num_warps" overrides
-    them (tuning)."""
+    """The int8 GEMV launch parameters for an [n, k] weight; SAMBAY_GEMV="block_n,block_k,num_warps[,split]"
+    overrides them (tuning)."""
     override = os.environ.get("SAMBAY_GEMV")
     if override:
-        bn, bk, nw = (int(v) for v in override.split(","))
-        return {"block_n": bn, "block_k": bk, "num_warps": nw}
+        v = [int(t) for t in override.split(",")]
+        return {"block_n": v[0], "block_k": v[1], "num_warps": v[2], "split": v[3] if len(v) > 3 else 1}
     return _default_gemv(fmt, k, n)[1]
-
-
-def int4_gemv_variant(k: int) -> str:
-    """Which int4 GEMV serves an input width ``k``: SAMBAY_INT4_GEMV (words | bytes) or the measured default."""
-    return os.environ.get("SAMBAY_INT4_GEMV") or _default_gemv("int4", k)[0]
 
 
 def int8_gemv_variant(k: int, n: int) -> str:
@@ -241,9 +265,9 @@ def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bia
     The word-wise reads cost about two bits of the float32 accumulator (a correction subtracted at the end), which a
     bf16/fp16 output never sees; float32 activations always take the element-wise path."""
     k, n = x.shape[-1], qweight.shape[0]
-    cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int8", k, n)
+    cfg = {"block_n": 16, "block_k": 32, "num_warps": 4, "split": 1} if _INTERPRET else gemv_config("int8", k, n)
     return triton_gemv.gemv(x, qweight, bias, scales=scales, epilogue=epilogue, memory=memory,
-                            config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"]),
+                            config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"], cfg["split"]),
                             int8_words=int8_gemv_variant(k, n) == "words" and x.dtype != torch.float32)
 
 
@@ -264,39 +288,83 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return y.reshape(*lead, n)
 
 
+# int4 GEMV launch: 16 rows per program, 4 groups per step, 4 warps (H100 sweep, tools/bench_quant_gemv.py); layers
+# with fewer than SPLIT_MIN_PROGRAMS row blocks split the input dimension so that about SPLIT_TARGET programs run.
+# Within 0.5 µs of the sweep's best on every 3.8B shape. (Prefetching the next step's words in registers gained
+# at most 0.5 µs a layer and was left out.)
+SPLIT_MIN_PROGRAMS = 264
+SPLIT_TARGET = 528
+_MAGIC = 0x4B000000  # 2²³ as float bits: passed as a value so the compiler keeps it in a register (one LOP3 per code)
+
+
+def w4_gemv_config(n: int, k: int, group_size: int, epilogue: str = "none") -> tuple[int, int, int, int]:
+    """(rows per program, groups per step, warps, k-splits) of the int4 GEMV for an [n, k] weight (n output rows:
+    for ``swiglu`` each program also reads the n "up" rows); SAMBAY_W4_GEMV="block_n,groups,num_warps,split"
+    overrides (tuning)."""
+    override = os.environ.get("SAMBAY_W4_GEMV")
+    groups = k // group_size
+    if override:
+        bn, ng, nw, split = (int(v) for v in override.split(","))
+        return bn, ng, nw, max(1, min(split, groups // ng))
+    ng = 4 if groups % 4 == 0 else 2 if groups % 2 == 0 else 1
+    bn, nw = (4, 1) if _INTERPRET else (16, 4)
+    if not _INTERPRET:
+        if epilogue == "swiglu":  # two row blocks per program: half the rows, half the groups
+            bn, nw, ng = 8, 2, min(ng, 2)
+        elif epilogue == "gate":  # the GMU's in_proj: 8 rows per program measured best
+            bn = 8
+    blocks = triton.cdiv(n, bn)
+    split = 1 if blocks >= SPLIT_MIN_PROGRAMS else max(1, min(groups // ng, triton.cdiv(SPLIT_TARGET, blocks)))
+    return bn, ng, nw, split
+
+
+def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+               group_size: int, bias: torch.Tensor | None, *, epilogue: str = "none",
+               memory: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
+    """Decode-sized W4A16 (up to GEMV_MAX_ROWS activation rows) on **group-interleaved** int4 weights
+    (:func:`~.formats.interleave_int4`; group_size a multiple of 8), with the fused epilogues of the int8 GEMV:
+    ``swiglu`` (rows are [gate | up]; returns silu(gate)·up) or ``gate`` (silu(y)·memory). bf16 activations are read
+    as 32-bit pairs; fp16/fp32 ones element-wise."""
+    kind = triton_gemv._EPILOGUES[epilogue]
+    x2, lead = _flatten(x)
+    m, k = x2.shape
+    n = qweight.shape[0] // 2 if kind == triton_gemv.EPILOGUE_SWIGLU else qweight.shape[0]
+    y = torch.empty(m, n, device=x.device, dtype=x.dtype)
+    mem = memory.reshape(-1, n).contiguous() if kind == triton_gemv.EPILOGUE_GATE else y
+    bn, ng, nw, split = config or w4_gemv_config(n, k, group_size, epilogue)
+    blocks = triton.cdiv(n, bn)
+    ws = triton_gemv.splitk_workspace(x.device, m * qweight.shape[0], m * blocks) if split > 1 else None
+    if ws is None:
+        split = 1
+        ws = (y, y)
+    words = qweight.view(torch.int32)
+    pairs = x2.dtype == torch.bfloat16 and x2.stride(0) % 2 == 0 and x2.data_ptr() % 4 == 0
+    grid = (blocks, split, m)
+    _w4_gemv_kernel[grid](x2, words, scales, zeros if zeros is not None else scales,
+                          bias if bias is not None else scales, mem, y, ws[0], ws[1], n, k, x2.stride(0),
+                          words.stride(0), scales.stride(0), mem.stride(0), y.stride(0), _MAGIC, split,
+                          GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, EPILOGUE=kind,
+                          BLOCK_N=bn, NG=ng, ATOMIC=split > 1, X_PAIRS=pairs, num_warps=nw)
+    return y.reshape(*lead, n)
+
+
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                 group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x · Wᵀ + bias with W = (code − zero) · scale, codes packed two per byte (even column in the low nibble)."""
+                 group_size: int, bias: torch.Tensor | None, *, interleaved: bool = False) -> torch.Tensor:
+    """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
+    column in the low nibble) or, with ``interleaved``, in the GPU's group-interleaved order. Decode-sized calls on
+    interleaved weights take the GEMV; everything else the tiled GEMM."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
+    if m <= GEMV_MAX_ROWS and interleaved:
+        return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     b = bias if bias is not None else scales
     z = zeros if zeros is not None else scales
-    variant = int4_gemv_variant(k)
-    if m <= GEMV_MAX_ROWS and k % 8 == 0 and group_size % 8 == 0 and qweight.is_contiguous() and variant != "bytes":
-        cfg = {"block_n": 4, "block_k": 64, "num_warps": 1} if _INTERPRET else gemv_config("int4", k)
-        # whole groups per step (group sizes are powers of two), no more than the row needs
-        block_w = max(group_size // 8, min(cfg["block_k"] // 8, triton.next_power_of_2(k // 8)))
-        words = qweight.view(torch.int32)  # [N, K/8]
-        grid = (triton.cdiv(n, cfg["block_n"]), m)
-        _w4_gemv_words_kernel[grid](x2, words, scales, z, b, y, n, k, x2.stride(0), words.stride(0),
-                                    scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
-                                    HAS_BIAS=bias is not None, BLOCK_N=cfg["block_n"], BLOCK_W=block_w,
-                                    num_warps=cfg["num_warps"])
-    elif m <= GEMV_MAX_ROWS:  # odd widths and small fallback groups: the byte-wise kernel
-        cfg = {"block_n": 16, "block_k": 32, "num_warps": 4} if _INTERPRET else gemv_config("int4", k)
-        block_n = cfg["block_n"]
-        # whole groups per step (group sizes are powers of two), no more than the row
-        block_kh = max(group_size // 2, min(cfg["block_k"] // 2, triton.next_power_of_2(k // 2)))
-        grid = (triton.cdiv(n, block_n), m)
-        _w4_gemv_kernel[grid](x2, qweight, scales, z, b, y, n, k, x2.stride(0), qweight.stride(0), scales.stride(0),
-                              y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None,
-                              BLOCK_N=block_n, BLOCK_KH=block_kh, num_warps=cfg["num_warps"])
-    else:
-        bm, bn, bk = _gemm_blocks(m)
-        grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-        _w4_gemm_kernel[grid](x2, qweight, scales, z, b, y, m, n, k, x2.stride(0), qweight.stride(0),
-                              scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
-                              HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_KH=bk // 2 if bk > 32 else 16)
+    bm, bn, bk = _gemm_blocks(m)
+    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
+    _w4_gemm_kernel[grid](x2, qweight, scales, z, b, y, m, n, k, x2.stride(0), qweight.stride(0),
+                          scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
+                          HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_KH=bk // 2 if bk > 32 else 16,
+                          INTERLEAVED=interleaved)
     return y.reshape(*lead, n)
