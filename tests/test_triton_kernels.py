@@ -164,6 +164,27 @@ def test_attention_decode(diff, h, g, splits):
         _close(out[i:i + 1], ref)
 
 
+def test_attention_decode_fused_merge_and_fallback(monkeypatch):
+    """The split programs' merge runs in the last program to finish (ticket counters, left at zero for the next
+    call); without counters (a CUDA-graph capture that finds none) the separate merge kernel gives the same
+    output."""
+    from sambay_cli.kernels import triton_gemv
+
+    torch.manual_seed(5)
+    b, h, g, d, s_max = 2, 8, 4, 16, 64
+    q, k, v = torch.randn(b, h, d, device=DEV), torch.randn(b, g, s_max, d, device=DEV), torch.randn(b, g, s_max, d,
+                                                                                                       device=DEV)
+    valid = torch.ones(b, s_max, dtype=torch.bool, device=DEV)
+    n_keys = torch.tensor([64, 40], device=DEV)
+    kw = dict(scale=d ** -0.5, lambda_full=torch.tensor(0.3, device=DEV), lambda_init=0.6,
+              subln_weight=torch.randn(2 * d, device=DEV), eps=1e-5, splits=4, block_s=16)
+    fused = [ops.diff_attention_decode(q, k, v, valid, n_keys, **kw) for _ in range(2)]
+    assert torch.equal(fused[0], fused[1])
+    assert all(t[1].abs().sum().item() == 0 for t in triton_gemv._WORKSPACES.values())
+    monkeypatch.setattr(ops, "splitk_workspace", lambda *a: None)
+    _close(ops.diff_attention_decode(q, k, v, valid, n_keys, **kw), fused[0])
+
+
 @pytest.mark.skipif(not ON_GPU, reason="bf16 tensor-core dots: GPU")
 def test_attention_decode_bf16_official_shape():
     """The official head layout (40 query heads, 20 KV heads, head_dim 64) in bf16, within the bf16 rule of the

@@ -27,6 +27,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .triton_gemv import splitk_workspace
+
 # ------------------------------------------------------------------------------------------------ Mamba decode
 
 
@@ -370,7 +372,9 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
                          stride_valb, stride_ob, stride_oh, stride_os, stride_mb, stride_mh,
                          scale, SPLIT,
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr,
-                         BLOCK_S: tl.constexpr, MP: tl.constexpr, IEEE: tl.constexpr):
+                         BLOCK_S: tl.constexpr, MP: tl.constexpr, IEEE: tl.constexpr,
+                         cnt_ptr=None, lam_ptr=None, w_ptr=None, out_ptr=None, stride_outb=0, stride_outh=0,
+                         lambda_init=0.0, eps=0.0, FUSED: tl.constexpr = False, NSPLIT: tl.constexpr = 1):
     """One (batch, KV group, split) program, on tensor cores.
 
     A KV group is a KV-head pair (2g, 2g+1) for differential attention, or one KV head g. Its keys are read as one
@@ -382,6 +386,8 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
 
     The slice of keys a split owns is a share of this row's filled length (read from the device, so a CUDA graph
     replays at any length), rounded to BLOCK_S. Writes un-normalised partial outputs with their running max and sum.
+    FUSED: then takes a ticket for its (batch, group); the last of the NSPLIT programs to finish merges the partials
+    (``_combine_group``) and resets the counter — one kernel per layer instead of two.
     """
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
@@ -440,6 +446,14 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
     tl.store(o_base + rows[:, None] * stride_oh + offs_w[None, :], acc, mask=row_ok[:, None])
     tl.store(m_ptr + pid_b * stride_mb + rows * stride_mh + sp, m, mask=row_ok)
     tl.store(l_ptr + pid_b * stride_mb + rows * stride_mh + sp, lsum, mask=row_ok)
+    if FUSED:
+        tl.debug_barrier()  # this program's partials are written before its ticket releases them
+        counter = cnt_ptr + pid_b * tl.num_programs(1) + g
+        if tl.atomic_add(counter, 1, sem="acq_rel") == NSPLIT - 1:
+            tl.atomic_xchg(counter, 0, sem="relaxed")
+            _combine_group(pid_b, g, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr, stride_ob, stride_oh, stride_os,
+                           stride_mb, stride_mh, stride_outb, stride_outh, lambda_init, eps, R, HD, DIFF, NSPLIT, W,
+                           ".cg")
 
 
 @triton.jit
@@ -448,10 +462,22 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                          lambda_init, eps,
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, SPLIT: tl.constexpr,
                          W: tl.constexpr):
+    """Merge the split partials of one (batch, group) — the unfused second kernel (used where no ticket counters
+    are available, e.g. a first call inside a CUDA-graph capture)."""
+    _combine_group(tl.program_id(0).to(tl.int64), tl.program_id(1), o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
+                   stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh, lambda_init, eps,
+                   R, HD, DIFF, SPLIT, W, "")
+
+
+@triton.jit
+def _combine_group(pid_b, g, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
+                   stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh,
+                   lambda_init, eps,
+                   R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, SPLIT: tl.constexpr,
+                   W: tl.constexpr, CACHE: tl.constexpr):
     """Merge the split partials of one (batch, group); for differential attention also λ-combine, RMS-normalise
-    over 2·HD, scale by (1 − λ_init) and write heads (2p, 2p+1)."""
-    pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
-    g = tl.program_id(1)
+    over 2·HD, scale by (1 − λ_init) and write heads (2p, 2p+1). CACHE ".cg": read the partials from L2 (other
+    programs wrote them during this kernel)."""
     offs_s = tl.arange(0, SPLIT)
     offs_w = tl.arange(0, W)
     offs_r = tl.arange(0, R)
@@ -459,10 +485,10 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
         rows1 = g * 2 * R + offs_r
         rows2 = rows1 + R
         mb = m_ptr + pid_b * stride_mb
-        ms1 = tl.load(mb + rows1[:, None] * stride_mh + offs_s[None, :])
-        ms2 = tl.load(mb + rows2[:, None] * stride_mh + offs_s[None, :])
-        ls1 = tl.load(l_ptr + pid_b * stride_mb + rows1[:, None] * stride_mh + offs_s[None, :])
-        ls2 = tl.load(l_ptr + pid_b * stride_mb + rows2[:, None] * stride_mh + offs_s[None, :])
+        ms1 = tl.load(mb + rows1[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
+        ms2 = tl.load(mb + rows2[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
+        ls1 = tl.load(l_ptr + pid_b * stride_mb + rows1[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
+        ls2 = tl.load(l_ptr + pid_b * stride_mb + rows2[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
         mx1 = tl.max(ms1, axis=1)
         mx2 = tl.max(ms2, axis=1)
         mx1 = tl.where(mx1 == float("-inf"), 0.0, mx1)
@@ -474,8 +500,10 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
         den1 = tl.where(den1 == 0.0, 1.0, den1)
         den2 = tl.where(den2 == 0.0, 1.0, den2)
         ob = o_ptr + pid_b * stride_ob
-        o1 = tl.load(ob + rows1[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :])
-        o2 = tl.load(ob + rows2[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :])
+        o1 = tl.load(ob + rows1[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :],
+                     cache_modifier=CACHE)
+        o2 = tl.load(ob + rows2[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :],
+                     cache_modifier=CACHE)
         a1 = tl.sum(o1 * f1[:, :, None], axis=1) / den1[:, None]  # [R, 2HD]
         a2 = tl.sum(o2 * f2[:, :, None], axis=1) / den2[:, None]
         lam = tl.load(lam_ptr)
@@ -489,15 +517,16 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                  o.to(out_ptr.dtype.element_ty))
     else:
         rows = g * R + offs_r
-        ms = tl.load(m_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :])
-        ls = tl.load(l_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :])
+        ms = tl.load(m_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
+        ls = tl.load(l_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
         mx = tl.max(ms, axis=1)
         mx = tl.where(mx == float("-inf"), 0.0, mx)
         f = tl.exp(ms - mx[:, None])
         den = tl.sum(ls * f, axis=1)
         den = tl.where(den == 0.0, 1.0, den)
         ob = o_ptr + pid_b * stride_ob
-        o = tl.load(ob + rows[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :])
+        o = tl.load(ob + rows[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :],
+                    cache_modifier=CACHE)
         a = tl.sum(o * f[:, :, None], axis=1) / den[:, None]
         tl.store(out_ptr + pid_b * stride_outb + rows[:, None] * stride_outh + offs_w[None, :],
                  a.to(out_ptr.dtype.element_ty))
@@ -542,13 +571,6 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     lsum = torch.empty(bsz, h, splits, device=q.device, dtype=torch.float32)
     if valid.dtype == torch.bool:
         valid = valid.view(torch.uint8)
-    _attn_decode_partial[(bsz, groups, splits)](
-        q, k, v, valid, n_keys, o, m, lsum,
-        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        valid.stride(0), o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
-        scale, splits, R=r, HD=d, DIFF=diff, BLOCK_S=block_s, MP=max(16, triton.next_power_of_2(n_rows)),
-        IEEE=q.dtype == torch.float32, num_warps=num_warps, num_stages=num_stages,
-    )
     if diff:
         out = torch.empty(bsz, h // 2, 2 * d, device=q.device, dtype=out_dtype)
         lam = lambda_full.reshape(1).float()
@@ -557,12 +579,28 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         out = torch.empty(bsz, h, d, device=q.device, dtype=out_dtype)
         lam = m  # unused
         w = m
-    _attn_decode_combine[(bsz, groups)](
-        o, m, lsum, lam, w, out, o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
-        out.stride(0), out.stride(1), float(lambda_init), float(eps),
-        R=r, HD=d, DIFF=diff, SPLIT=splits, W=width,
+    # the last split program of each (batch, group) merges: tickets shared with the split-K GEMVs (every kernel of
+    # a step runs after the previous one, and each leaves its counters at zero)
+    ws = splitk_workspace(q.device, 0, bsz * groups) if splits > 1 else None
+    fused = ws is not None
+    counters = ws[1] if fused else None
+    _attn_decode_partial[(bsz, groups, splits)](
+        q, k, v, valid, n_keys, o, m, lsum,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        valid.stride(0), o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
+        scale, splits, R=r, HD=d, DIFF=diff, BLOCK_S=block_s, MP=max(16, triton.next_power_of_2(n_rows)),
+        IEEE=q.dtype == torch.float32, cnt_ptr=counters if fused else m, lam_ptr=lam, w_ptr=w, out_ptr=out,
+        stride_outb=out.stride(0), stride_outh=out.stride(1), lambda_init=float(lambda_init), eps=float(eps),
+        FUSED=fused, NSPLIT=splits, num_warps=num_warps, num_stages=num_stages,
     )
+    if not fused:
+        _attn_decode_combine[(bsz, groups)](
+            o, m, lsum, lam, w, out, o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
+            out.stride(0), out.stride(1), float(lambda_init), float(eps),
+            R=r, HD=d, DIFF=diff, SPLIT=splits, W=width,
+        )
     return out.view(bsz, h, d)
+
 
 
 # ------------------------------------------------------------------------------------------ attention prefill
