@@ -131,52 +131,6 @@ def test_gemv_split_k(epilogue):
         assert floats.abs().sum().item() == 0 and tickets.abs().sum().item() == 0
 
 
-@pytest.mark.parametrize("rms", [False, True])
-def test_gemv_add_norm_epilogue(rms, monkeypatch):
-    """A sub-layer's output projection with the residual add and the next norm in its last program: dense float32,
-    int8 (element-wise and split-K) and int4 (split-K) GEMVs give exactly what the projection followed by the
-    add+norm kernel gives, also through QuantLinear.forward_add_norm; twice in a row (the ticket counters reset);
-    and without counters (a capture that finds none) the unfused pair runs."""
-    from sambay_cli.kernels import triton_gemv, triton_ops
-    from sambay_cli.quant.modules import QuantLinear
-
-    torch.manual_seed(8)
-    c, k = 40, 256
-    x, bias, h = torch.randn(1, 1, k, device=DEV), torch.randn(c, device=DEV), torch.randn(1, 1, c, device=DEV)
-    nw = torch.randn(c, device=DEV)
-    nb = None if rms else torch.randn(c, device=DEV)
-    residual = (h, nw, nb, 1e-5, rms)
-    tol = 0.0 if not ON_GPU else 1e-6
-    w = torch.randn(c, k, device=DEV)
-    q8 = formats.quantize_int8(w.cpu())
-    q4 = formats.quantize_int4(w.cpu(), 32)
-    qi = formats.interleave_int4(q4.qweight, 32).to(DEV)
-    cases = {
-        "dense": lambda **kw: triton_gemv.gemv(x, w, bias, config=(4, 32, 1), **kw),
-        "int8 split": lambda **kw: triton_gemv.gemv(x, q8.qweight.to(DEV), bias, scales=q8.scales.to(DEV),
-                                                    config=(4, 32, 1, 3), **kw),
-        "int4 split": lambda **kw: tk.w4a16_gemv(x, qi, q4.scales.to(DEV), q4.zeros.to(DEV), 32, bias,
-                                                 config=(4, 2, 1, 2), **kw),
-    }
-    for name, run in cases.items():
-        ref = triton_ops.add_norm(h, run(), nw, nb, 1e-5, rms)
-        for _ in range(2):
-            h_out, xn = run(epilogue="add_norm", residual=residual)
-            assert h_out.shape == h.shape and xn.shape == h.shape and xn.dtype == nw.dtype
-            assert _rel(h_out, ref[0]) <= tol and _rel(xn, ref[1]) <= tol, name
-    for floats, tickets in triton_gemv._WORKSPACES.values():
-        assert floats.abs().sum().item() == 0 and tickets.abs().sum().item() == 0
-    layer = QuantLinear("int8", k, c, {"qweight": q8.qweight, "scales": q8.scales}, bias.cpu(), torch.float32).to(DEV)
-    monkeypatch.setenv("SAMBAY_KERNELS", "triton")
-    ref = triton_ops.add_norm(h, layer(x), nw, nb, 1e-5, rms)
-    out = layer.forward_add_norm(x, h, nw, nb, 1e-5, rms)
-    assert _rel(out[0], ref[0]) < 1e-5 and _rel(out[1], ref[1]) < 1e-5
-    monkeypatch.setattr(triton_gemv, "norm_tail_args", lambda *a: None)
-    out = cases["dense"](epilogue="add_norm", residual=residual)
-    ref = triton_ops.add_norm(h, cases["dense"](), nw, nb, 1e-5, rms)
-    assert _rel(out[0], ref[0]) <= tol and _rel(out[1], ref[1]) <= tol
-
-
 @pytest.mark.parametrize("rows,symmetric,group", [(1, False, 32), (2, True, 16), (19, False, 32), (17, True, 64)])
 def test_w4a16_matches_reference(rows, symmetric, group):
     torch.manual_seed(rows)

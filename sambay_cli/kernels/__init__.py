@@ -57,7 +57,6 @@ for _op in (
     "linear",
     "linear_swiglu",
     "linear_gate",
-    "linear_add_norm",
     "kv_write_decode",
 ):
     register(_op, "torch", getattr(reference, _op), always, first=False)
@@ -183,12 +182,6 @@ def _triton_linear_gate(x, weight, bias, memory):
     return _gemv_module().gemv(x, weight, bias, epilogue="gate", memory=memory)
 
 
-def _triton_linear_add_norm(x, weight, bias, h, norm_weight, norm_bias, eps, rms):
-    if not _gemv_module().supported(x, weight):  # prefill: cuBLAS, then the add+norm kernel
-        return add_norm(h, reference.linear(x, weight, bias), norm_weight, norm_bias, eps, rms)
-    return _gemv_module().gemv(x, weight, bias, epilogue="add_norm", residual=(h, norm_weight, norm_bias, eps, rms))
-
-
 def _kv_write_fits(k_cache) -> bool:
     """Caches in a float dtype (an fp8 cache takes the reference's saturating path) with power-of-2 head dims."""
     return k_cache.dtype in (torch.bfloat16, torch.float16, torch.float32) and _pow2(k_cache.shape[-1])
@@ -208,7 +201,6 @@ register("kv_write_decode", "triton", _triton_kv_write_decode, _kv_write_ok)
 register("linear", "triton", _triton_linear, _gemv_ok)
 register("linear_swiglu", "triton", _triton_linear_swiglu, _gemv_ok)
 register("linear_gate", "triton", _triton_linear_gate, _gemv_ok)
-register("linear_add_norm", "triton", _triton_linear_add_norm, _gemv_ok)
 register("attention_decode", "triton", _triton_attention_decode, _on_cuda_with_triton)
 register("attention_prefill", "triton", _triton_attention_prefill, _on_cuda_with_triton)
 register("add_norm", "triton", _triton_add_norm, _triton_add_norm_ok)
@@ -307,10 +299,6 @@ def linear_gate(x, weight, bias, memory):
     return resolve("linear_gate", x, weight).fn(x, weight, bias, memory)
 
 
-def linear_add_norm(x, weight, bias, h, norm_weight, norm_bias, eps, rms):
-    return resolve("linear_add_norm", x, weight).fn(x, weight, bias, h, norm_weight, norm_bias, eps, rms)
-
-
 attention_mask = reference.attention_mask
 
 __all__ = [
@@ -329,7 +317,6 @@ __all__ = [
     "linear",
     "linear_swiglu",
     "linear_gate",
-    "linear_add_norm",
     "kv_write_decode",
     "attention_mask",
 ]

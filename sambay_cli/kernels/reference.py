@@ -191,13 +191,6 @@ def linear_gate(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None
     return gmu_gate(F.linear(x, weight, bias), memory)
 
 
-def linear_add_norm(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, h: torch.Tensor,
-                    norm_weight: torch.Tensor, norm_bias: torch.Tensor | None, eps: float,
-                    rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """A sub-layer's output projection, then the pre-norm residual step: add_norm(h, x·Wᵀ + b, …)."""
-    return add_norm(h, F.linear(x, weight, bias), norm_weight, norm_bias, eps, rms)
-
-
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """RMSNorm over the last dim in float32 (returns float32)."""
     x = x.float()

@@ -10,9 +10,6 @@ across the row only at the end, and fold the element-wise op that follows the pr
 * ``EPILOGUE_SWIGLU``  W = [W_gate | W_up] (the MLP's fc1): y = silu(x·W_gateᵀ + b_g) ⊙ (x·W_upᵀ + b_u) — the
   intermediate [gate | up] vector is never written (paper's MLP, SwiGLU)
 * ``EPILOGUE_GATE``    y = silu(x·Wᵀ + b) ⊙ m — the GMU (paper eq. 4) with memory m
-* ``EPILOGUE_ADD_NORM`` y = x·Wᵀ + b is a sub-layer's output projection: the last row block to finish adds the whole
-  row to the float32 residual stream and writes the next sub-layer's normed input (``add_norm_row``, the fused
-  residual add + norm kernel's body) — one kernel fewer per sub-layer at decode
 
 Rows of W beyond N are clamped rather than masked so that the loads of the hot loop need no mask when K is a multiple
 of BLOCK_K (every shape of the official model). Runs under TRITON_INTERPRET=1 for CPU tests.
@@ -29,8 +26,7 @@ import triton.language as tl
 EPILOGUE_NONE = 0
 EPILOGUE_SWIGLU = 1
 EPILOGUE_GATE = 2
-EPILOGUE_ADD_NORM = 3
-_EPILOGUES = {"none": EPILOGUE_NONE, "swiglu": EPILOGUE_SWIGLU, "gate": EPILOGUE_GATE, "add_norm": EPILOGUE_ADD_NORM}
+_EPILOGUES = {"none": EPILOGUE_NONE, "swiglu": EPILOGUE_SWIGLU, "gate": EPILOGUE_GATE}
 
 MAX_ROWS = 1  # one activation row: with more, this kernel reads W once per row and cuBLAS (once for all) wins
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -79,44 +75,6 @@ def _load_x(x_row, ks, K, EVEN_K: tl.constexpr):
     if EVEN_K:
         return tl.load(x_row + ks).to(tl.float32)
     return tl.load(x_row + ks, mask=ks < K, other=0.0).to(tl.float32)
-
-
-@triton.jit
-def add_norm_row(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, row, N, eps, HAS_DELTA: tl.constexpr,
-                 HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr, CACHE: tl.constexpr):
-    """Row ``row`` of the residual stream: h ← h + delta (float32), then the next sub-layer's input LayerNorm /
-    RMSNorm(h rounded to the model dtype) — the body of triton_ops' add+norm kernel and of the GEMVs' add_norm
-    epilogue. CACHE ".cg": read delta from L2 (other programs of the same kernel wrote it)."""
-    offs = tl.arange(0, BLOCK)
-    ok = offs < N
-    h = tl.load(h_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
-    if HAS_DELTA:
-        h += tl.load(d_ptr + row * N + offs, mask=ok, other=0.0, cache_modifier=CACHE).to(tl.float32)
-        tl.store(hout_ptr + row * N + offs, h, mask=ok)
-    x = h.to(x_ptr.dtype.element_ty).to(tl.float32)  # the residual rounded to the model dtype, as the reference
-    if RMS:
-        y = x * tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
-    else:
-        xc = tl.where(ok, x - tl.sum(x, axis=0) / N, 0.0)
-        y = xc * tl.rsqrt(tl.sum(xc * xc, axis=0) / N + eps)
-    y = y * tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y += tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(x_ptr + row * N + offs, y.to(x_ptr.dtype.element_ty), mask=ok)
-
-
-@triton.jit
-def add_norm_tail(y_ptr, h_ptr, nw_ptr, nb_ptr, hout_ptr, xn_ptr, cnt_ptr, tail_base, row, N, eps,
-                  HAS_NB: tl.constexpr, RMS: tl.constexpr, BLOCK_NORM: tl.constexpr):
-    """Called by each program right after it stored its slice of row ``row`` of y (a sub-layer's output
-    projection): the last of the grid's row blocks to get here adds the whole row to the residual and normalises it,
-    then resets its counter."""
-    tl.debug_barrier()  # this program's slice of y is written before its ticket releases it
-    counter = cnt_ptr + tail_base + row
-    if tl.atomic_add(counter, 1, sem="acq_rel") == tl.num_programs(0) - 1:
-        tl.atomic_xchg(counter, 0, sem="relaxed")
-        add_norm_row(h_ptr, y_ptr, nw_ptr, nb_ptr, hout_ptr, xn_ptr, row, N, eps, True, HAS_NB, RMS, BLOCK_NORM,
-                     ".cg")
 
 
 @triton.jit
@@ -169,9 +127,7 @@ def splitk_workspace(device: torch.device, floats: int, counters: int):
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn, stride_mm,
                  stride_ym, SPLIT, INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = False,
-                 ATOMIC: tl.constexpr = False, h_ptr=None, nw_ptr=None, nb_ptr=None, hout_ptr=None, xn_ptr=None,
-                 tail_base=0, eps=0.0, HAS_NB: tl.constexpr = False, RMS: tl.constexpr = False,
-                 BLOCK_NORM: tl.constexpr = 1):
+                 ATOMIC: tl.constexpr = False):
     """Program (row block, activation row, k-split): BLOCK_N rows over its share of the K steps; with SPLIT > 1
     (ATOMIC) the partial sums meet in the split-K workspace and the last program of the row block runs the
     epilogue."""
@@ -196,15 +152,9 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K
         if last:
             _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, INT8,
                             HAS_BIAS, EPILOGUE)
-            if EPILOGUE == 3:
-                add_norm_tail(y_ptr, h_ptr, nw_ptr, nb_ptr, hout_ptr, xn_ptr, cnt_ptr, tail_base, row, N, eps,
-                              HAS_NB, RMS, BLOCK_NORM)
     else:
         _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, stride_mm, stride_ym, INT8,
                         HAS_BIAS, EPILOGUE)
-        if EPILOGUE == 3:
-            add_norm_tail(y_ptr, h_ptr, nw_ptr, nb_ptr, hout_ptr, xn_ptr, cnt_ptr, tail_base, row, N, eps, HAS_NB,
-                          RMS, BLOCK_NORM)
 
 
 @triton.jit
@@ -314,39 +264,11 @@ def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and weight.dtype in (torch.bfloat16, torch.float16, torch.float32))
 
 
-TAIL_COUNTERS = 8  # the add_norm epilogue's tickets: the last ones of the counter buffer, one per activation row
-
-
-def norm_tail_args(device: torch.device, rows: int, blocks: int, residual) -> dict | None:
-    """Kernel arguments of the add_norm epilogue for ``residual`` = (h [rows, C] float32, norm weight, norm bias or
-    None, eps, rms): new buffers for h + delta and the normed output, and the ticket counters (``counters``: the
-    split-K buffer, whose last TAIL_COUNTERS entries the tail uses). None where no counters can be had (inside a capture that finds none); the caller then runs the
-    projection and the separate add+norm kernel."""
-    h, nw, nb, eps, rms = residual
-    h = h.contiguous()
-    ws = splitk_workspace(device, 0, rows * blocks + TAIL_COUNTERS)
-    if ws is None or rows > TAIL_COUNTERS:
-        return None
-    return dict(counters=ws[1], h_ptr=h, nw_ptr=nw, nb_ptr=nb if nb is not None else nw, hout_ptr=torch.empty_like(h),
-                xn_ptr=torch.empty(h.shape, device=device, dtype=nw.dtype), tail_base=ws[1].numel() - TAIL_COUNTERS,
-                eps=float(eps), HAS_NB=nb is not None, RMS=bool(rms), BLOCK_NORM=triton.next_power_of_2(h.shape[-1]))
-
-
-def unfused_add_norm(y: torch.Tensor, residual) -> tuple[torch.Tensor, torch.Tensor]:
-    """The add_norm epilogue as its own kernel (where the fused tail cannot run)."""
-    from .triton_ops import add_norm
-
-    h, nw, nb, eps, rms = residual
-    return add_norm(h, y.reshape(h.shape), nw, nb, eps, rms)
-
-
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, epilogue: str = "none",
          memory: torch.Tensor | None = None, scales: torch.Tensor | None = None,
-         config: tuple[int, ...] | None = None, int8_words: bool = False, residual=None):
+         config: tuple[int, ...] | None = None, int8_words: bool = False) -> torch.Tensor:
     """x [..., K] · weight [N', K]ᵀ with the named epilogue; out [..., N] in x's dtype, where N = N'/2 for ``swiglu``
-    and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``. ``add_norm``: ``residual`` =
-    (h float32 [..., N], norm weight, norm bias or None, eps, rms) and the result is (h + y, norm(h + y)) as
-    triton_ops.add_norm gives them. With ``scales`` [N'], ``weight``
+    and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``. With ``scales`` [N'], ``weight``
     holds int8 codes and row r is scaled by scales[r] (W8A16). ``config``: (block_n, block_k, num_warps[, split])
     instead of the table; split > 1 divides the K steps among that many programs per row block (split-K through
     :func:`splitk_workspace`; unsplit during a CUDA-graph capture that finds no workspace). ``int8_words``: read int8
@@ -377,18 +299,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     ws = splitk_workspace(x.device, m_rows * weight.shape[0], m_rows * blocks) if split > 1 else None
     if ws is None:
         split, ws = 1, (y, y)
-    tail = {}
-    if kind == EPILOGUE_ADD_NORM:
-        tail = norm_tail_args(x.device, m_rows, blocks, residual) or {}
-        if tail:
-            ws = (ws[0], tail.pop("counters"))
-        else:  # no counters (a capture that finds none): plain projection, then the add+norm kernel
-            kind = EPILOGUE_NONE
     grid = (blocks, m_rows, split)
     _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, ws[0],
                        ws[1], n, k, x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), split,
                        INT8=scales is not None, HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0,
-                       BLOCK_N=block_n, BLOCK_K=block_k, WORDS=words, ATOMIC=split > 1, num_warps=warps, **tail)
-    if epilogue == "add_norm":
-        return (tail["hout_ptr"], tail["xn_ptr"]) if tail else unfused_add_norm(y, residual)
+                       BLOCK_N=block_n, BLOCK_K=block_k, WORDS=words, ATOMIC=split > 1, num_warps=warps)
     return y.reshape(*lead, n)

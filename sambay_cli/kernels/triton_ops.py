@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .triton_gemv import add_norm_row, splitk_workspace
+from .triton_gemv import splitk_workspace
 
 # ------------------------------------------------------------------------------------------------ Mamba decode
 
@@ -829,8 +829,23 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.
 @triton.jit
 def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
                      HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr):
-    add_norm_row(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, tl.program_id(0).to(tl.int64), N, eps, HAS_DELTA,
-                 HAS_BIAS, RMS, BLOCK, "")
+    row = tl.program_id(0).to(tl.int64)
+    offs = tl.arange(0, BLOCK)
+    ok = offs < N
+    h = tl.load(h_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
+    if HAS_DELTA:
+        h += tl.load(d_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(hout_ptr + row * N + offs, h, mask=ok)
+    x = h.to(x_ptr.dtype.element_ty).to(tl.float32)  # the residual rounded to the model dtype, as the reference
+    if RMS:
+        y = x * tl.rsqrt(tl.sum(x * x, axis=0) / N + eps)
+    else:
+        xc = tl.where(ok, x - tl.sum(x, axis=0) / N, 0.0)
+        y = xc * tl.rsqrt(tl.sum(xc * xc, axis=0) / N + eps)
+    y = y * tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        y += tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    tl.store(x_ptr + row * N + offs, y.to(x_ptr.dtype.element_ty), mask=ok)
 
 
 def add_norm(h, delta, weight, bias, eps, rms):

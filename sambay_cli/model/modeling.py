@@ -75,18 +75,6 @@ def add_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module) -> tu
     return kernels.add_norm(h, delta, norm.weight, getattr(norm, "bias", None), norm.eps, isinstance(norm, RMSNorm))
 
 
-def project_add_norm(proj: nn.Module, t: torch.Tensor, h: torch.Tensor,
-                     norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
-    """add_norm(h, proj(t), norm): a sub-layer's output projection and the residual step after it. At decode on CUDA
-    one GEMV does both (its last program adds the projected row to h and normalises it)."""
-    args = (norm.weight, getattr(norm, "bias", None), norm.eps, isinstance(norm, RMSNorm))
-    if is_plain_linear(proj):
-        return kernels.linear_add_norm(t, proj.weight, proj.bias, h, *args)
-    if hasattr(proj, "forward_add_norm") and not proj._forward_hooks:  # a quantized layer
-        return proj.forward_add_norm(t, h, *args)
-    return add_norm(h, proj(t), norm)
-
-
 # ----------------------------------------------------------------------------------------------------- MLP
 
 
@@ -99,16 +87,12 @@ class SwiGLU(nn.Module):
         self.fc2 = Linear(config.intermediate_size, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.mix(x))
-
-    def mix(self, x: torch.Tensor) -> torch.Tensor:
-        """Everything before the output projection fc2: up ⊙ silu(gate)."""
         if is_plain_linear(self.fc1):  # one kernel for fc1 and the gate at decode
-            return kernels.linear_swiglu(x, self.fc1.weight, self.fc1.bias)
+            return self.fc2(kernels.linear_swiglu(x, self.fc1.weight, self.fc1.bias))
         if hasattr(self.fc1, "forward_fused"):  # a quantized fc1 with its own fused path
-            return self.fc1.forward_fused(x, "swiglu")
+            return self.fc2(self.fc1.forward_fused(x, "swiglu"))
         gate, up = self.fc1(x).chunk(2, dim=-1)
-        return kernels.swiglu(gate, up)
+        return self.fc2(kernels.swiglu(gate, up))
 
 
 # --------------------------------------------------------------------------------------------------- Mamba
@@ -150,11 +134,6 @@ class Mamba(nn.Module):
         self, x: torch.Tensor, cache: SambaYCache, decode: bool
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """x: [B, L, C] normed input. Returns (output [B, L, C], memory [B, L, d_inner] or None)."""
-        y, memory = self.mix(x, cache, decode)
-        return self.out_proj(y), memory
-
-    def mix(self, x: torch.Tensor, cache: SambaYCache, decode: bool) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """Everything before the output projection: (the gated scan output [B, L, d_inner], memory or None)."""
         dtype = x.dtype
         xz = self.in_proj(x)
         xs, z = xz.chunk(2, dim=-1)  # [B, L, d_inner] each
@@ -191,8 +170,8 @@ class Mamba(nn.Module):
             y = y.transpose(1, 2)  # [B, L, d_inner] in the model dtype
         if self.is_memory:
             memory = y.to(dtype)  # the scan output with the D skip, before the gate (a no-op at decode)
-            return kernels.gmu_gate(z, memory), memory
-        return y.to(dtype), None
+            return self.out_proj(kernels.gmu_gate(z, memory)), memory
+        return self.out_proj(y.to(dtype)), None
 
 
 # ----------------------------------------------------------------------------------------------------- GMU
@@ -207,15 +186,11 @@ class GatedMemoryUnit(nn.Module):
         self.out_proj = Linear(config.d_inner, config.hidden_size, bias=config.mlp_bias)
 
     def forward(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        return self.out_proj(self.mix(x, memory))
-
-    def mix(self, x: torch.Tensor, memory: torch.Tensor) -> torch.Tensor:
-        """Everything before the output projection: silu(W_in x) ⊙ m."""
         if is_plain_linear(self.in_proj):  # one kernel for in_proj and the gate at decode
-            return kernels.linear_gate(x, self.in_proj.weight, self.in_proj.bias, memory)
+            return self.out_proj(kernels.linear_gate(x, self.in_proj.weight, self.in_proj.bias, memory))
         if hasattr(self.in_proj, "forward_fused"):
-            return self.in_proj.forward_fused(x, "gate", memory)
-        return kernels.gmu_gate(self.in_proj(x), memory)
+            return self.out_proj(self.in_proj.forward_fused(x, "gate", memory))
+        return self.out_proj(kernels.gmu_gate(self.in_proj(x), memory))
 
 
 # ----------------------------------------------------------------------------------------------- attention
@@ -312,17 +287,12 @@ class Attention(nn.Module):
             subln_weight=da.subln.weight if da is not None else None,
             eps=da.subln.eps if da is not None else 1e-5, out_dtype=dtype,
         )  # [B, H, d]
-        return out.reshape(bsz, 1, q_size)
+        return self.out_proj(out.reshape(bsz, 1, q_size))
 
     def forward(self, x: torch.Tensor, cache: SambaYCache, positions: torch.Tensor | None, keep: int | None,
                 decode: bool = False) -> torch.Tensor:
         """x: [B, L, C] normed input for the chunk at ``positions``; ``keep``: compute outputs for the last ``keep``
         positions only (None: all). Returns [B, L or keep, C]."""
-        return self.out_proj(self.mix(x, cache, positions, keep, decode))
-
-    def mix(self, x: torch.Tensor, cache: SambaYCache, positions: torch.Tensor | None, keep: int | None,
-            decode: bool = False) -> torch.Tensor:
-        """Everything before the output projection: the attention output, heads concatenated [B, L or keep, H·d]."""
         if decode:
             return self._decode(x, cache)
         q_size, kv_size = self.num_heads * self.head_dim, self.num_kv_heads * self.head_dim
@@ -355,12 +325,12 @@ class Attention(nn.Module):
             end = start + length
             n_keys_t = torch.full((q.shape[0],), end, dtype=torch.long, device=q.device)
             out = kernels.attention_decode(q[:, :, 0], k, v, k_valid, n_keys_t, end, out_dtype=q.dtype, **kw)
-            return out.reshape(q.shape[0], 1, q_size)
+            return self.out_proj(out.reshape(q.shape[0], 1, q_size))
         out = kernels.attention_prefill(q, k, v, k_valid, start + length - q.shape[2], k_start, self.window,
                                         ring=ring, **kw)  # [B, L, H·d] in x's dtype
         if self.kind == SWA:  # the ring is overwritten only once attention has read it
             cache.write_swa(self.layer_idx, k, v)
-        return out
+        return self.out_proj(out)
 
 
 # ------------------------------------------------------------------------------------------------- layers
@@ -384,20 +354,19 @@ class DecoderLayer(nn.Module):
     def forward(self, h, x, *, next_norm, cache, positions, decode, memory, keep):
         """h: float32 residual stream [B, L, C]; x: this layer's normed input (the previous layer computed it with
         its last residual add). Returns (h, next_norm(h) for the next layer, memory)."""
-        # each sub-layer's output projection runs together with the residual add and the next norm (project_add_norm)
         if self.kind in (MAMBA, MAMBA_MEMORY):
-            a, mem = self.attn.mix(x, cache, decode)
+            a, mem = self.attn(x, cache, decode)
             if mem is not None:
                 memory = mem
         elif self.kind == GMU:
-            a = self.attn.mix(x, memory)
+            a = self.attn(x, memory)
         else:
-            a = self.attn.mix(x, cache, positions, keep if self.kind == FULL_ATTENTION else None, decode=decode)
+            a = self.attn(x, cache, positions, keep if self.kind == FULL_ATTENTION else None, decode=decode)
             if self.kind == FULL_ATTENTION and keep is not None:
                 h = h[:, h.shape[1] - keep:]  # the cross-decoder only needs the kept positions
                 memory = memory[:, memory.shape[1] - keep:] if memory is not None else None
-        h, x = project_add_norm(self.attn.out_proj, a, h, self.post_attention_layernorm)
-        h, x = project_add_norm(self.mlp.fc2, self.mlp.mix(x), h, next_norm)
+        h, x = add_norm(h, a, self.post_attention_layernorm)
+        h, x = add_norm(h, self.mlp(x), next_norm)
         return h, x, memory
 
 

@@ -133,13 +133,6 @@ class QuantLinear(nn.Module):
         return linear_then_epilogue(x, self, epilogue, memory)
 
 
-    def forward_add_norm(self, x: torch.Tensor, h: torch.Tensor, norm_weight: torch.Tensor,
-                         norm_bias: torch.Tensor | None, eps: float, rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        """h ← h + this layer(x) and the next sub-layer's input norm(h) (a sub-layer's output projection and the
-        pre-norm residual step), in one kernel where one exists (int8 and int4 at decode on CUDA)."""
-        return kernels.resolve("quant_linear_add_norm", x).fn(x, self, h, norm_weight, norm_bias, eps, rms)
-
-
 OP_OF_FORMAT = {"int8": "w8a16_linear", "int4": "w4a16_linear", "nf4": "bnb4_linear", "fp4": "bnb4_linear",
                 "bnb-int8": "bnb8_linear"}
 
@@ -235,25 +228,6 @@ def _triton_quant():
     return kernels.optional_import("sambay_cli.quant.triton_kernels")
 
 
-def linear_then_add_norm(x: torch.Tensor, layer: QuantLinear, h: torch.Tensor, norm_weight: torch.Tensor,
-                         norm_bias: torch.Tensor | None, eps: float, rms: bool):
-    """The unfused path: the layer, then the add+norm kernel."""
-    return kernels.add_norm(h, layer(x), norm_weight, norm_bias, eps, rms)
-
-
-def triton_linear_add_norm(x: torch.Tensor, layer: QuantLinear, h: torch.Tensor, norm_weight: torch.Tensor,
-                           norm_bias: torch.Tensor | None, eps: float, rms: bool):
-    tk = _triton_quant()
-    rows = x.numel() // x.shape[-1]
-    residual = (h, norm_weight, norm_bias, eps, rms)
-    if layer.fmt == "int8" and rows == 1:
-        return tk.w8a16_gemv(x, layer.qweight, layer.scales, layer.bias, epilogue="add_norm", residual=residual)
-    if layer.fmt == "int4" and rows <= tk.GEMV_MAX_ROWS and _gpu_order(layer):
-        return tk.w4a16_gemv(x, layer.qweight, layer.scales, layer.zeros_or_none, layer.group_size, layer.bias,
-                             epilogue="add_norm", residual=residual)
-    return linear_then_add_norm(x, layer, h, norm_weight, norm_bias, eps, rms)
-
-
 def triton_w8a16(x: torch.Tensor, layer: QuantLinear) -> torch.Tensor:
     return _triton_quant().w8a16_linear(x, layer.qweight, layer.scales, layer.bias)
 
@@ -335,8 +309,6 @@ kernels.register("w8a16_linear", "triton", triton_w8a16, _triton_available)
 kernels.register("w8a16_linear_epilogue", "triton", triton_w8a16_epilogue, _triton_available)
 kernels.register("w4a16_linear", "triton", triton_w4a16, _triton_available)
 kernels.register("w4a16_linear_epilogue", "torch", linear_then_epilogue, kernels.always, first=False)
-kernels.register("quant_linear_add_norm", "torch", linear_then_add_norm, kernels.always, first=False)
-kernels.register("quant_linear_add_norm", "triton", triton_linear_add_norm, _triton_available)
 kernels.register("w4a16_linear_epilogue", "triton", triton_w4a16_epilogue, _triton_available)
 kernels.register("bnb4_linear", "bitsandbytes", bnb4_linear, _bnb_cuda_available)
 kernels.register("bnb8_linear", "bitsandbytes", bnb8_linear, _bnb_cuda_available)

@@ -105,9 +105,7 @@ def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr,
 def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn,
                     stride_sn, stride_mm, stride_ym, MAGIC, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr,
-                    ATOMIC: tl.constexpr, X_PAIRS: tl.constexpr, h_ptr=None, nw_ptr=None, nb_ptr=None,
-                    hout_ptr=None, xn_ptr=None, tail_base=0, eps=0.0, HAS_NB: tl.constexpr = False,
-                    RMS: tl.constexpr = False, BLOCK_NORM: tl.constexpr = 1):
+                    ATOMIC: tl.constexpr, X_PAIRS: tl.constexpr):
     """W4A16 decode GEMV over group-interleaved int4 words (bf16/fp16 activations read as pairs).
 
     Program (n-block, k-split, activation row): BLOCK_N output rows (and, for the SwiGLU epilogue, the matching "up"
@@ -153,15 +151,9 @@ def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt
         if last:
             _w4_epilogue_store(out, up, b_ptr, m_ptr, y_ptr, rows, offs_n, mask_n, row, N, stride_mm, stride_ym,
                                HAS_BIAS, EPILOGUE)
-            if EPILOGUE == 3:  # output projection + residual add + next norm (triton_gemv's add_norm epilogue)
-                triton_gemv.add_norm_tail(y_ptr, h_ptr, nw_ptr, nb_ptr, hout_ptr, xn_ptr, cnt_ptr, tail_base, row, N,
-                                          eps, HAS_NB, RMS, BLOCK_NORM)
     else:
         _w4_epilogue_store(out, up, b_ptr, m_ptr, y_ptr, rows, offs_n, mask_n, row, N, stride_mm, stride_ym,
                            HAS_BIAS, EPILOGUE)
-        if EPILOGUE == 3:
-            triton_gemv.add_norm_tail(y_ptr, h_ptr, nw_ptr, nb_ptr, hout_ptr, xn_ptr, cnt_ptr, tail_base, row, N,
-                                      eps, HAS_NB, RMS, BLOCK_NORM)
 
 
 @triton.jit
@@ -267,15 +259,14 @@ def _gemm_blocks(m: int) -> tuple[int, int, int]:
 
 
 def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None, *,
-               epilogue: str = "none", memory: torch.Tensor | None = None, residual=None):
+               epilogue: str = "none", memory: torch.Tensor | None = None) -> torch.Tensor:
     """Decode-sized W8A16 through the dense GEMV kernel (int8 codes, a scale per output row), with its fused
-    epilogues: ``swiglu`` (qweight holds [gate | up] rows; returns silu(gate)·up), ``gate`` (silu(y)·memory) or
-    ``add_norm`` (``residual``; see triton_gemv.gemv).
+    epilogues: ``swiglu`` (qweight holds [gate | up] rows; returns silu(gate)·up) or ``gate`` (silu(y)·memory).
     The word-wise reads cost about two bits of the float32 accumulator (a correction subtracted at the end), which a
     bf16/fp16 output never sees; float32 activations always take the element-wise path."""
     k, n = x.shape[-1], qweight.shape[0]
     cfg = {"block_n": 16, "block_k": 32, "num_warps": 4, "split": 1} if _INTERPRET else gemv_config("int8", k, n)
-    return triton_gemv.gemv(x, qweight, bias, scales=scales, epilogue=epilogue, memory=memory, residual=residual,
+    return triton_gemv.gemv(x, qweight, bias, scales=scales, epilogue=epilogue, memory=memory,
                             config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"], cfg["split"]),
                             int8_words=int8_gemv_variant(k, n) == "words" and x.dtype != torch.float32)
 
@@ -329,12 +320,11 @@ def w4_gemv_config(n: int, k: int, group_size: int, epilogue: str = "none") -> t
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                group_size: int, bias: torch.Tensor | None, *, epilogue: str = "none",
-               memory: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None, residual=None):
+               memory: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """Decode-sized W4A16 (up to GEMV_MAX_ROWS activation rows) on **group-interleaved** int4 weights
     (:func:`~.formats.interleave_int4`; group_size a multiple of 8), with the fused epilogues of the int8 GEMV:
-    ``swiglu`` (rows are [gate | up]; returns silu(gate)·up), ``gate`` (silu(y)·memory) or ``add_norm`` (returns
-    (h + y, norm(h + y)) for ``residual`` = (h, norm weight, norm bias, eps, rms)). bf16 activations are read as
-    32-bit pairs; fp16/fp32 ones element-wise."""
+    ``swiglu`` (rows are [gate | up]; returns silu(gate)·up) or ``gate`` (silu(y)·memory). bf16 activations are read
+    as 32-bit pairs; fp16/fp32 ones element-wise."""
     kind = triton_gemv._EPILOGUES[epilogue]
     x2, lead = _flatten(x)
     m, k = x2.shape
@@ -347,13 +337,6 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     if ws is None:
         split = 1
         ws = (y, y)
-    tail = {}
-    if kind == triton_gemv.EPILOGUE_ADD_NORM:
-        tail = triton_gemv.norm_tail_args(x.device, m, blocks, residual) or {}
-        if tail:
-            ws = (ws[0], tail.pop("counters"))
-        else:  # no counters (a capture that finds none): plain projection, then the add+norm kernel
-            kind = triton_gemv.EPILOGUE_NONE
     words = qweight.view(torch.int32)
     pairs = x2.dtype == torch.bfloat16 and x2.stride(0) % 2 == 0 and x2.data_ptr() % 4 == 0
     grid = (blocks, split, m)
@@ -361,9 +344,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
                           bias if bias is not None else scales, mem, y, ws[0], ws[1], n, k, x2.stride(0),
                           words.stride(0), scales.stride(0), mem.stride(0), y.stride(0), _MAGIC, split,
                           GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, EPILOGUE=kind,
-                          BLOCK_N=bn, NG=ng, ATOMIC=split > 1, X_PAIRS=pairs, num_warps=nw, **tail)
-    if epilogue == "add_norm":
-        return (tail["hout_ptr"], tail["xn_ptr"]) if tail else triton_gemv.unfused_add_norm(y, residual)
+                          BLOCK_N=bn, NG=ng, ATOMIC=split > 1, X_PAIRS=pairs, num_warps=nw)
     return y.reshape(*lead, n)
 
 
