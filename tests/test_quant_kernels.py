@@ -221,6 +221,14 @@ def test_quantlinear_int4_gpu_order_everywhere():
         assert fused.shape == (1, out_n)
         assert _rel(fused, ref) < (1e-5 if not ON_GPU else 2e-3)
         assert _rel(layer.forward_fused(x.to(DEV), epilogue, memory), ref) < (1e-5 if not ON_GPU else 2e-3)
+    from sambay_cli.quant.embedding import QuantEmbeddingWeight
+
+    emb = QuantEmbeddingWeight.from_parts("int4", {"e.qweight": q.qweight.clone(), "e.scales": q.scales,
+                                                   "e.zeros": q.zeros}, n, k, torch.float32)
+    ids = torch.tensor([[3, 0, 31], [7, 7, 12]])
+    rows = emb.embedding_rows(ids)
+    assert emb.layer.interleave_for_gpu_()  # a tied lm_head ran the GPU GEMV: lookups still read file order
+    assert torch.equal(emb.embedding_rows(ids), rows) and torch.equal(rows[0, 1], before[0])
     q4 = formats.quantize_int4(torch.randn(4, 12), 4)
     small = QuantLinear("int4", 12, 4, {"qweight": q4.qweight, "scales": q4.scales, "zeros": q4.zeros}, None,
                         torch.float32, group_size=4)
@@ -285,3 +293,22 @@ def test_gpu_quantized_model_kernels_vs_torch_path(tmp_path, method, monkeypatch
     monkeypatch.setenv("SAMBAY_KERNELS", "torch")
     slow = model(ids)
     assert _rel(fast, slow) < 5e-3
+
+
+def test_gemv_launch_defaults_and_overrides(monkeypatch):
+    """The GPU launch choices (only read when compiled, so checked here directly): int8 word-wise reads on the wide
+    2560-input layers, split-K for the narrow int4 layers only, and the SAMBAY_* overrides."""
+    monkeypatch.delenv("SAMBAY_GEMV", raising=False)
+    monkeypatch.delenv("SAMBAY_INT8_GEMV", raising=False)
+    monkeypatch.delenv("SAMBAY_W4_GEMV", raising=False)
+    assert tk.int8_gemv_variant(2560, 20480) == "words" and tk.int8_gemv_variant(10240, 2560) == "bytes"
+    assert tk.int8_gemv_config(2560, 2560) == {"block_n": 1, "block_k": 512, "num_warps": 2, "split": 1}
+    monkeypatch.setenv("SAMBAY_GEMV", "2,512,4,3")
+    assert tk.int8_gemv_config(1, 1) == {"block_n": 2, "block_k": 512, "num_warps": 4, "split": 3}
+    monkeypatch.setattr(tk, "_INTERPRET", False)
+    assert tk.w4_gemv_config(20480, 2560, 128)[3] == 1  # 1,280 row blocks: no split
+    bn, ng, nw, split = tk.w4_gemv_config(2560, 10240, 128)
+    assert (bn, ng, nw) == (16, 4, 4) and 1 < split <= 80 // 4
+    assert tk.w4_gemv_config(10240, 2560, 128, "swiglu")[:3] == (8, 2, 2)
+    monkeypatch.setenv("SAMBAY_W4_GEMV", "8,2,1,99")
+    assert tk.w4_gemv_config(2560, 2560, 128) == (8, 2, 1, 10)  # the split is capped at the steps there are

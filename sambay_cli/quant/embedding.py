@@ -52,10 +52,8 @@ class QuantEmbeddingWeight(torch.Tensor):
         else:
             from . import formats
 
-            packed = layer.qweight[flat]
-            if layer.int4_order == "interleaved":  # the GPU's byte order (a tied lm_head ran the int4 GEMV)
-                packed = formats.deinterleave_int4(packed, layer.group_size)
-            rows = formats.dequantize_int4_codes(formats.unpack_int4(packed), layer.scales[flat],
+            # file byte order, also after a tied lm_head put the layer in the GPU's order
+            rows = formats.dequantize_int4_codes(formats.unpack_int4(layer.int4_file_bytes(flat)), layer.scales[flat],
                                                  layer.zeros_or_none[flat] if layer.zeros_or_none is not None
                                                  else None, layer.group_size)
         return rows.to(self.dtype).reshape(*ids.shape, layer.in_features)

@@ -75,9 +75,10 @@ class QuantLinear(nn.Module):
         self.int4_order = "interleaved"
         return True
 
-    def int4_file_bytes(self, start: int = 0, stop: int | None = None) -> torch.Tensor:
-        """Rows [start, stop) of an int4 layer's packed bytes in file order (whatever the order in memory)."""
-        q = self.qweight[start:stop]
+    def int4_file_bytes(self, rows: slice | torch.Tensor = slice(None)) -> torch.Tensor:
+        """The rows ``rows`` (a slice or an index tensor) of an int4 layer's packed bytes in file order, whatever the
+        order in memory."""
+        q = self.qweight[rows]
         return formats.deinterleave_int4(q, self.group_size) if self.int4_order == "interleaved" else q
 
     def packed_bytes(self) -> int:
@@ -107,7 +108,7 @@ class QuantLinear(nn.Module):
         if self.fmt == "bnb-int8":
             return formats.dequantize_bnb_int8(self.qweight[start:stop], self.SCB[start:stop], dtype)
         zeros = self.zeros_or_none
-        codes = formats.unpack_int4(self.int4_file_bytes(start, stop))
+        codes = formats.unpack_int4(self.int4_file_bytes(slice(start, stop)))
         g = self.group_size
         w = codes.to(dtype).view(stop - start, -1, g)
         w.sub_(zeros[start:stop, :, None].to(dtype) if zeros is not None else 8.0)
@@ -126,15 +127,15 @@ class QuantLinear(nn.Module):
         """This layer followed by an element-wise epilogue, in one kernel where one exists (int8 and int4 at decode on
         CUDA): ``swiglu`` — the rows are [gate | up], returns silu(gate)·up; ``gate`` — returns silu(y)·memory (the
         GMU)."""
-        if self.fmt == "int8":
-            return kernels.resolve("w8a16_linear_epilogue", x).fn(x, self, epilogue, memory)
-        if self.fmt == "int4":
-            return kernels.resolve("w4a16_linear_epilogue", x).fn(x, self, epilogue, memory)
-        return linear_then_epilogue(x, self, epilogue, memory)
+        op = EPILOGUE_OP_OF_FORMAT.get(self.fmt)
+        if op is None:
+            return linear_then_epilogue(x, self, epilogue, memory)
+        return kernels.resolve(op, x).fn(x, self, epilogue, memory)
 
 
 OP_OF_FORMAT = {"int8": "w8a16_linear", "int4": "w4a16_linear", "nf4": "bnb4_linear", "fp4": "bnb4_linear",
                 "bnb-int8": "bnb8_linear"}
+EPILOGUE_OP_OF_FORMAT = {"int8": "w8a16_linear_epilogue", "int4": "w4a16_linear_epilogue"}
 
 
 # ------------------------------------------------------------------------------------------- implementations

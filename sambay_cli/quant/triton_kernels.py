@@ -226,7 +226,7 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
 # tools/bench_quant_gemv.py's sweep on an H100 (CUDA-graph device time, weights rotated to defeat the L2 cache): all
 # int8 linears of one 3.8B token (lm_head excluded) in 1.62 ms against 2.78 ms for bf16 cuBLAS. int8 reads its codes
 # as 32-bit words on the wide 2560-input layers and element-wise elsewhere.
-def _default_gemv(fmt: str, k: int, n: int = 0) -> tuple[str, dict[str, int]]:
+def _default_int8_gemv(k: int, n: int) -> tuple[str, dict[str, int]]:
     if k <= 2560 and n >= 10240:  # MLP fc1, Mamba in_proj: codes read as 32-bit words
         variant, cfg = "words", (8, 512, 4)
     elif k <= 2560:
@@ -236,20 +236,20 @@ def _default_gemv(fmt: str, k: int, n: int = 0) -> tuple[str, dict[str, int]]:
     return variant, {"block_n": cfg[0], "block_k": cfg[1], "num_warps": cfg[2], "split": 1}
 
 
-def gemv_config(fmt: str, k: int = 2560, n: int = 0) -> dict[str, int]:
+def int8_gemv_config(k: int, n: int) -> dict[str, int]:
     """The int8 GEMV launch parameters for an [n, k] weight; SAMBAY_GEMV="block_n,block_k,num_warps[,split]"
     overrides them (tuning)."""
     override = os.environ.get("SAMBAY_GEMV")
     if override:
         v = [int(t) for t in override.split(",")]
         return {"block_n": v[0], "block_k": v[1], "num_warps": v[2], "split": v[3] if len(v) > 3 else 1}
-    return _default_gemv(fmt, k, n)[1]
+    return _default_int8_gemv(k, n)[1]
 
 
 def int8_gemv_variant(k: int, n: int) -> str:
     """Whether int8 codes are read as 32-bit words or element-wise for an [n, k] weight: SAMBAY_INT8_GEMV
     (words | bytes) or the measured default."""
-    return os.environ.get("SAMBAY_INT8_GEMV") or _default_gemv("int8", k, n)[0]
+    return os.environ.get("SAMBAY_INT8_GEMV") or _default_int8_gemv(k, n)[0]
 
 
 def _gemm_blocks(m: int) -> tuple[int, int, int]:
@@ -265,7 +265,7 @@ def w8a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, bia
     The word-wise reads cost about two bits of the float32 accumulator (a correction subtracted at the end), which a
     bf16/fp16 output never sees; float32 activations always take the element-wise path."""
     k, n = x.shape[-1], qweight.shape[0]
-    cfg = {"block_n": 16, "block_k": 32, "num_warps": 4, "split": 1} if _INTERPRET else gemv_config("int8", k, n)
+    cfg = {"block_n": 16, "block_k": 32, "num_warps": 4, "split": 1} if _INTERPRET else int8_gemv_config(k, n)
     return triton_gemv.gemv(x, qweight, bias, scales=scales, epilogue=epilogue, memory=memory,
                             config=(cfg["block_n"], cfg["block_k"], cfg["num_warps"], cfg["split"]),
                             int8_words=int8_gemv_variant(k, n) == "words" and x.dtype != torch.float32)
