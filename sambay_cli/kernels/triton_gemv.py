@@ -123,6 +123,15 @@ def splitk_workspace(device: torch.device, floats: int, counters: int):
     return ws
 
 
+def split_buffers(device: torch.device, split: int, floats: int, counters: int, placeholder: torch.Tensor):
+    """(split, partial-sum buffer, tickets) for a GEMV launch: the shared workspace when split > 1, else — or inside
+    a capture that finds no workspace, where the launch runs unsplit — ``placeholder`` for both (never touched)."""
+    ws = splitk_workspace(device, floats, counters) if split > 1 else None
+    if ws is None:
+        return 1, placeholder, placeholder
+    return split, ws[0], ws[1]
+
+
 @triton.jit
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn, stride_mm,
                  stride_ym, SPLIT, INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
@@ -296,12 +305,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     words = int8_words and scales is not None and k % block_k == 0 and block_k >= 4 and weight.is_contiguous()
     w = weight.view(torch.int32) if words else weight
     blocks = triton.cdiv(n, block_n)
-    ws = splitk_workspace(x.device, m_rows * weight.shape[0], m_rows * blocks) if split > 1 else None
-    if ws is None:
-        split, ws = 1, (y, y)
+    split, partials, tickets = split_buffers(x.device, split, m_rows * weight.shape[0], m_rows * blocks, y)
     grid = (blocks, m_rows, split)
-    _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, ws[0],
-                       ws[1], n, k, x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), split,
+    _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, partials,
+                       tickets, n, k, x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), split,
                        INT8=scales is not None, HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0,
                        BLOCK_N=block_n, BLOCK_K=block_k, WORDS=words, ATOMIC=split > 1, num_warps=warps)
     return y.reshape(*lead, n)

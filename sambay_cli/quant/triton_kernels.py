@@ -333,15 +333,12 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     mem = memory.reshape(-1, n).contiguous() if kind == triton_gemv.EPILOGUE_GATE else y
     bn, ng, nw, split = config or w4_gemv_config(n, k, group_size, epilogue)
     blocks = triton.cdiv(n, bn)
-    ws = triton_gemv.splitk_workspace(x.device, m * qweight.shape[0], m * blocks) if split > 1 else None
-    if ws is None:
-        split = 1
-        ws = (y, y)
+    split, partials, tickets = triton_gemv.split_buffers(x.device, split, m * qweight.shape[0], m * blocks, y)
     words = qweight.view(torch.int32)
     pairs = x2.dtype == torch.bfloat16 and x2.stride(0) % 2 == 0 and x2.data_ptr() % 4 == 0
     grid = (blocks, split, m)
     _w4_gemv_kernel[grid](x2, words, scales, zeros if zeros is not None else scales,
-                          bias if bias is not None else scales, mem, y, ws[0], ws[1], n, k, x2.stride(0),
+                          bias if bias is not None else scales, mem, y, partials, tickets, n, k, x2.stride(0),
                           words.stride(0), scales.stride(0), mem.stride(0), y.stride(0), _MAGIC, split,
                           GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, EPILOGUE=kind,
                           BLOCK_N=bn, NG=ng, ATOMIC=split > 1, X_PAIRS=pairs, num_warps=nw)
