@@ -9,10 +9,12 @@ Own formats (``quant_method: "sambay"`` in config.json), for a linear layer ``X`
   bfloat16 [out, in/g] and, when asymmetric (the default), ``X.zeros`` uint8 [out, in/g] holding integer zero points
   in [0, 15]. W ≈ (code − zero) · scale, with zero = 8 implied for the symmetric variant (scale = max|W|/7).
 
-In GPU memory an int4 layer is held in the **group-interleaved** byte order of the decode kernel (same bytes, same
-size; :func:`interleave_int4`): within each group the G/2 bytes, file order p = 0 … G/2−1 (byte p holds columns
-2p and 2p+1), are stored as a [4, G/8] → [G/8, 4] transpose, so 32-bit word j of a group holds the column pairs j,
-G/8 + j, 2·G/8 + j and 3·G/8 + j in its bytes 0–3. Files always use the plain order above.
+In GPU memory an int4 layer is held in the **word-interleaved** order of the decode kernel (same codes, same size;
+:func:`interleave_int4`): the G/2 column pairs of a group (pair p = columns 2p, 2p+1) fill G/8 little-endian 32-bit
+words, and word j holds the pairs p_q = q·G/8 + j (q = 0…3) with the even column of p_q in bits 4q…4q+3 and the odd
+column in bits 16+4q…19+4q. Each 16-bit half is then a run of four even (or odd) codes whose activations are G/8
+pairs apart, and ``(word >> 4q) & 0x000F000F`` puts both codes of pair p_q into the two bfloat16 lanes of a register.
+Files always use the plain order above.
 
 bitsandbytes formats (``nf4``, ``fp4``, ``bnb-int8``) are written by bitsandbytes itself (see :mod:`.bnb`); this
 module only holds their dequantization, which needs no bitsandbytes.
@@ -87,19 +89,18 @@ def unpack_int4(packed: torch.Tensor) -> torch.Tensor:
 
 
 def interleave_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
-    """File byte order → the decode kernel's group-interleaved order (group_size a multiple of 8): within each group
-    byte 4j + m takes the byte of column pair (G/8)·m + j, so word j of the group holds pairs j, G/8 + j, … in bytes
-    0–3 and the activations each of its nibble positions meets are G/8 consecutive pairs."""
+    """File byte order → the decode kernel's word-interleaved order (group_size a multiple of 8; see the module
+    docstring): nibble field f = 4h + q of word j in a group holds column 2·(q·G/8 + j) + h."""
     n, kh = packed.shape
-    half = group_size // 2
-    return packed.reshape(n, kh // half, 4, half // 4).transpose(-1, -2).reshape(n, kh)
+    codes = unpack_int4(packed).reshape(n, kh * 2 // group_size, 4, group_size // 8, 2)  # [row, group, q, j, h]
+    return pack_int4(codes.permute(0, 1, 3, 4, 2).reshape(n, kh * 2))  # → [row, group, j, h, q]
 
 
 def deinterleave_int4(packed: torch.Tensor, group_size: int) -> torch.Tensor:
     """Inverse of :func:`interleave_int4`."""
     n, kh = packed.shape
-    half = group_size // 2
-    return packed.reshape(n, kh // half, half // 4, 4).transpose(-1, -2).reshape(n, kh)
+    codes = unpack_int4(packed).reshape(n, kh * 2 // group_size, group_size // 8, 2, 4)  # [row, group, j, h, q]
+    return pack_int4(codes.permute(0, 1, 4, 2, 3).reshape(n, kh * 2))  # → [row, group, q, j, h]
 
 
 def int4_codes(w: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int) -> torch.Tensor:
