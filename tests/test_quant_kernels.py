@@ -330,7 +330,7 @@ def test_gemv_launch_defaults_and_overrides(monkeypatch):
     monkeypatch.setattr(tk, "_INTERPRET", False)
     assert tk.w4_gemv_config(20480, 2560, 128)[3] == 1  # 1,280 row blocks: no split
     bn, ng, nw, split = tk.w4_gemv_config(2560, 10240, 128)
-    assert (bn, ng, nw) == (16, 4, 4) and 1 < split <= 80 // 4
+    assert (bn, ng, nw, split) == (16, 4, 4, 5)  # 160 row blocks, 5 splits
     assert tk.w4_gemv_config(10240, 2560, 128, "swiglu")[:3] == (8, 2, 2)
     monkeypatch.setenv("SAMBAY_W4_GEMV", "8,2,1,99")
     assert tk.w4_gemv_config(2560, 2560, 128) == (8, 2, 1, 10)  # the split is capped at the steps there are

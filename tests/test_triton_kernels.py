@@ -164,6 +164,26 @@ def test_attention_decode(diff, h, g, splits):
         _close(out[i:i + 1], ref)
 
 
+def test_attention_decode_many_splits_some_empty():
+    """16 splits of 16-key blocks: 10 own keys for the long row and 2 for the short one, the others are empty; the
+    merge of all 16 partials equals the reference."""
+    torch.manual_seed(4)
+    b, h, g, d, s_max = 2, 8, 4, 16, 300
+    lengths = [300, 20]
+    q, k, v = torch.randn(b, h, d, device=DEV), torch.randn(b, g, s_max, d, device=DEV), torch.randn(b, g, s_max, d,
+                                                                                                       device=DEV)
+    valid = torch.rand(b, s_max, device=DEV) > 0.1
+    valid[:, 0] = True
+    lam, w = torch.tensor(0.3, device=DEV), torch.randn(2 * d, device=DEV)
+    out = ops.diff_attention_decode(q, k, v, valid, torch.tensor(lengths, device=DEV), scale=d ** -0.5,
+                                    lambda_full=lam, lambda_init=0.6, subln_weight=w, eps=1e-5, splits=16, block_s=16)
+    for i, n in enumerate(lengths):
+        ref = reference.differential_attention(q[i:i + 1, :, None], k[i:i + 1, :, :n], v[i:i + 1, :, :n],
+                                               valid[i:i + 1, None, :n], scale=d ** -0.5, lambda_full=lam,
+                                               lambda_init=0.6, subln_weight=w, eps=1e-5)[:, :, 0]
+        _close(out[i:i + 1], ref)
+
+
 def test_attention_decode_fused_merge_and_fallback(monkeypatch):
     """The split programs' merge runs in the last program to finish (ticket counters, left at zero for the next
     call); without counters (a CUDA-graph capture that finds none) the separate merge kernel gives the same
