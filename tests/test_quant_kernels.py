@@ -192,6 +192,29 @@ def test_w4a16_gemv_bf16x2_error_bound():
     assert _rel(y, ref) < 0.1 * _rel(x.float() @ w.T, ref)
 
 
+def test_w4_prefill_dequantize_then_matmul(monkeypatch):
+    """Prefill-sized int4 matmuls dequantize into a scratch buffer, then matmul: the dequantized weight equals
+    formats.dequantize_int4 exactly from either code order, and y matches the reference with bias, also when the
+    layer is dequantized in row chunks (a large lm_head)."""
+    torch.manual_seed(6)
+    n, k, group = 40, 256, 32
+    for symmetric in (False, True):
+        q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
+        w = formats.dequantize_int4(q)
+        z = q.zeros.to(DEV) if q.zeros is not None else None
+        for packed, inter in ((q.qweight, False), (formats.interleave_int4(q.qweight, group), True)):
+            out = torch.empty(n - 5, k, device=DEV)
+            tk.w4_dequantize(packed.to(DEV), q.scales.to(DEV), z, group, slice(5, n), out, interleaved=inter)
+            assert torch.equal(out.cpu(), w[5:])
+    x, bias = torch.randn(tk.DEQUANT_MIN_ROWS + 3, k), torch.randn(n)
+    ref = x @ w.T + bias
+    qi = formats.interleave_int4(q.qweight, group).to(DEV)
+    for chunk in (tk.DEQUANT_CHUNK_ELEMENTS, 16 * k):  # one pass; then 16-row chunks (40 = 16 + 16 + 8)
+        monkeypatch.setattr(tk, "DEQUANT_CHUNK_ELEMENTS", chunk)
+        y = tk.w4a16_linear(x.to(DEV), qi, q.scales.to(DEV), None, group, bias.to(DEV), interleaved=True)
+        assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
+
+
 def test_int4_interleave_round_trip_and_gemm_orders():
     """interleave_int4 is a permutation of the codes within each group (inverse: deinterleave_int4): nibble field
     4h + q of 32-bit word j in a group holds column 2·(q·G/8 + j) + h; the prefill GEMM gives the same result on

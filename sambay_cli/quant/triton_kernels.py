@@ -281,6 +281,39 @@ def _w4_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm
              mask=mask_m[:, None] & mask_n[None, :])
 
 
+@triton.jit
+def _w4_dequant_kernel(w_ptr, s_ptr, z_ptr, out_ptr, N, stride_wn, stride_sn, stride_on, GROUP: tl.constexpr,
+                       HAS_ZEROS: tl.constexpr, INTERLEAVED: tl.constexpr, BLOCK_N: tl.constexpr):
+    """W[rows, group] = (code − zero)·scale for BLOCK_N rows and one group, in the output's dtype, from either code
+    order read as 32-bit words: field f of word j is column 8j + f (file order) or 2·((f mod 4)·G/8 + j) + f div 4
+    (word-interleaved)."""
+    WPG: tl.constexpr = GROUP // 8
+    pid_n = tl.program_id(0)
+    g = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    offs_j = tl.arange(0, WPG)
+    rows = offs_n.to(tl.int64)
+    words = tl.load(w_ptr + rows[:, None] * stride_wn + g * WPG + offs_j[None, :], mask=mask_n[:, None], other=0)
+    scale = tl.load(s_ptr + rows * stride_sn + g, mask=mask_n, other=0.0).to(tl.float32)[:, None]
+    if HAS_ZEROS:
+        zero = tl.load(z_ptr + rows * stride_sn + g, mask=mask_n, other=0).to(tl.float32)[:, None]
+    else:
+        zero = 8.0
+    out_row = out_ptr + rows[:, None] * stride_on + g * GROUP
+    if INTERLEAVED:  # fields q and q + 4 are the even and odd columns of pairs q·G/8 + j: joined, they are the
+        offs_c = tl.arange(0, 2 * WPG)  # contiguous columns 2·q·G/8 … 2·(q+1)·G/8 − 1 of the group
+        for q in tl.static_range(4):
+            even = (((words >> (4 * q)) & 0xF).to(tl.float32) - zero) * scale
+            odd = (((words >> (16 + 4 * q)) & 0xF).to(tl.float32) - zero) * scale
+            val = tl.reshape(tl.join(even, odd), (BLOCK_N, 2 * WPG)).to(out_ptr.dtype.element_ty)
+            tl.store(out_row + 2 * q * WPG + offs_c[None, :], val, mask=mask_n[:, None])
+    else:
+        for f in tl.static_range(8):
+            val = ((((words >> (4 * f)) & 0xF).to(tl.float32) - zero) * scale).to(out_ptr.dtype.element_ty)
+            tl.store(out_row + 8 * offs_j[None, :] + f, val, mask=mask_n[:, None])
+
+
 # ------------------------------------------------------------------------------------------------------ wrappers
 
 
@@ -414,16 +447,70 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*lead, n)
 
 
+# Prefill-sized int4 matmuls (at least DEQUANT_MIN_ROWS activation rows, outside CUDA-graph capture) dequantize the
+# layer into a scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor matmul. The fused GEMM
+# (gathered activation columns, small tiles) loses from 8 rows on and reaches 40 TFLOP/s at 2,048 rows where this
+# path gives a 20480x2560 layer in 347 us against 317 us for the bf16 matmul alone (H100,
+# docs/results/2026-11-27-h100-int4-prefill-dequant.txt). The scratch holds at most DEQUANT_CHUNK_ELEMENTS weights
+# (128 MB in bf16); larger layers (a quantized lm_head) go in row chunks.
+DEQUANT_MIN_ROWS = 16
+DEQUANT_CHUNK_ELEMENTS = 64 * 1024 * 1024
+_SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
+    buf = _SCRATCH.get((device, dtype))
+    if buf is None or buf.numel() < numel:
+        buf = _SCRATCH[(device, dtype)] = torch.empty(numel, device=device, dtype=dtype)
+    return buf[:numel]
+
+
+def w4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                  rows: slice, out: torch.Tensor, *, interleaved: bool) -> torch.Tensor:
+    """``out`` ([rows, K], contiguous) ← W[rows] = (code − zero)·scale in out's dtype, from either code order
+    (group_size a multiple of 8)."""
+    words = qweight[rows].view(torch.int32)
+    sc = scales[rows]
+    z = zeros[rows] if zeros is not None else sc
+    n, k = out.shape
+    block_n = 4 if _INTERPRET else 32
+    _w4_dequant_kernel[(triton.cdiv(n, block_n), k // group_size)](
+        words, sc, z, out, n, words.stride(0), sc.stride(0), out.stride(0), GROUP=group_size,
+        HAS_ZEROS=zeros is not None, INTERLEAVED=interleaved, BLOCK_N=block_n)
+    return out
+
+
+def _dequant_matmul(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                    group_size: int, bias: torch.Tensor | None, interleaved: bool) -> torch.Tensor:
+    n, k = qweight.shape[0], qweight.shape[1] * 2
+    chunk = max(1, min(n, DEQUANT_CHUNK_ELEMENTS // k))
+    if chunk == n:
+        w = w4_dequantize(qweight, scales, zeros, group_size, slice(0, n),
+                          _scratch(x2.device, x2.dtype, n * k).view(n, k), interleaved=interleaved)
+        return torch.nn.functional.linear(x2, w, bias)
+    y = torch.empty(x2.shape[0], n, device=x2.device, dtype=x2.dtype)
+    for n0 in range(0, n, chunk):
+        n1 = min(n, n0 + chunk)
+        w = w4_dequantize(qweight, scales, zeros, group_size, slice(n0, n1),
+                          _scratch(x2.device, x2.dtype, (n1 - n0) * k).view(n1 - n0, k), interleaved=interleaved)
+        y[:, n0:n1] = torch.nn.functional.linear(x2, w, bias[n0:n1] if bias is not None else None)
+    return y
+
+
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  group_size: int, bias: torch.Tensor | None, *, interleaved: bool = False) -> torch.Tensor:
     """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
     column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. Decode-sized calls on
-    interleaved weights take the GEMV; everything else the tiled GEMM."""
+    interleaved weights take the GEMV; prefill-sized ones (``DEQUANT_MIN_ROWS`` rows or more, outside CUDA-graph
+    capture) dequantize into a scratch buffer and matmul; the rows between take the fused tiled GEMM."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
     if m <= GEMV_MAX_ROWS and interleaved:
         return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
+    capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
+    if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and not capturing:
+        return _dequant_matmul(x2, qweight, scales, zeros, group_size, bias, interleaved).reshape(*lead, n)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     b = bias if bias is not None else scales
     z = zeros if zeros is not None else scales
