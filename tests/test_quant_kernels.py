@@ -215,10 +215,10 @@ def test_w4_prefill_dequantize_then_matmul(monkeypatch):
         assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
-def test_int4_interleave_round_trip_and_gemm_orders():
+def test_int4_interleave_round_trip_and_gemm_orders(monkeypatch):
     """interleave_int4 is a permutation of the codes within each group (inverse: deinterleave_int4): nibble field
     4h + q of 32-bit word j in a group holds column 2·(q·G/8 + j) + h; the prefill GEMM gives the same result on
-    either order."""
+    either order, fused or after dequantizing into the scratch buffer."""
     torch.manual_seed(1)
     q = formats.quantize_int4(torch.randn(6, 256), 64)
     qi = formats.interleave_int4(q.qweight, 64)
@@ -232,10 +232,12 @@ def test_int4_interleave_round_trip_and_gemm_orders():
         assert torch.equal(field, codes[:, 64 + 2 * (q_ * wpg + j) + h].to(torch.int64))
     x, bias = torch.randn(7, 256), torch.randn(6)
     ref = x @ formats.dequantize_int4(q).T + bias
-    for packed, inter in ((q.qweight, False), (qi, True)):
-        y = tk.w4a16_linear(x.to(DEV), packed.to(DEV), q.scales.to(DEV), q.zeros.to(DEV), 64, bias.to(DEV),
-                            interleaved=inter)
-        assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
+    for min_rows in (tk.DEQUANT_MIN_ROWS, 10 ** 9):  # dequantize + matmul (the default at 7 rows); the fused GEMM
+        monkeypatch.setattr(tk, "DEQUANT_MIN_ROWS", min_rows)
+        for packed, inter in ((q.qweight, False), (qi, True)):
+            y = tk.w4a16_linear(x.to(DEV), packed.to(DEV), q.scales.to(DEV), q.zeros.to(DEV), 64, bias.to(DEV),
+                                interleaved=inter)
+            assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
 def test_quantlinear_int4_gpu_order_everywhere():
@@ -299,6 +301,32 @@ def test_3d_input_and_dispatch_seam(monkeypatch):
     out = layer(x)
     assert out.shape == (2, 3, 24)
     assert _rel(out, ref) < (1e-5 if not ON_GPU else 2e-3)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+def test_gpu_int4_batched_rows_in_cuda_graph(monkeypatch):
+    """8 activation rows (batched decode) inside a CUDA-graph capture: with the scratch buffer left by an eager call
+    the graph dequantizes into it and replays the right product; with no scratch the capture takes the fused GEMM
+    and allocates none."""
+    torch.manual_seed(2)
+    n, k = 512, 1024
+    q = formats.quantize_int4(torch.randn(n, k, device=DEV) * 0.02, 128)
+    qi = formats.interleave_int4(q.qweight, 128)
+    x = torch.randn(8, k, device=DEV, dtype=torch.bfloat16)
+    ref = x.float() @ formats.dequantize_int4(q).T
+    for ready in (True, False):
+        monkeypatch.setattr(tk, "_SCRATCH", {})
+        if ready:
+            tk.w4a16_linear(x, qi, q.scales, q.zeros, 128, None, interleaved=True)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = tk.w4a16_linear(x, qi, q.scales, q.zeros, 128, None, interleaved=True)
+        assert bool(tk._SCRATCH) == ready
+        x.copy_(x * 2)
+        graph.replay()
+        torch.cuda.synchronize()
+        assert _rel(y, 2 * ref) < 1e-2
+        x.copy_(x / 2)
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")

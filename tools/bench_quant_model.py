@@ -67,6 +67,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--methods", nargs="+", default=["bf16", "int8", "int4"])
     ap.add_argument("--contexts", type=int, nargs="+", default=[2048, 32768])
+    ap.add_argument("--batches", type=int, nargs="+", default=[1], help="decode batch sizes (sequences per step)")
     ap.add_argument("--steps", type=int, default=50)
     ap.add_argument("--device", default="cuda", help="cuda, or cpu (no graphs, no copy bandwidth)")
     ap.add_argument("--prompt-len", type=int, default=2048, help="prefill length timed (keep it small on CPU)")
@@ -79,14 +80,14 @@ def main() -> None:
         model = random_model(cfg, args.device, torch.bfloat16)
         if method != "bf16":
             quantize_in_memory(model, method)
-        r = bench_sambay(model, cfg, batches=[1], contexts=args.contexts, steps=args.steps,
+        r = bench_sambay(model, cfg, batches=args.batches, contexts=args.contexts, steps=args.steps,
                          prompt_len=args.prompt_len, gen_len=max(args.contexts), graphs=cuda, copy_bw=bw,
                          prefill_lens=[args.prompt_len])
         weight_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
         out["results"][method] = {"weight_bytes": weight_bytes, "decode": r["decode"], "prefill": r["prefill"]}
         for d in r["decode"]:
             share = f", {100 * d['fraction_of_copy_bandwidth']:.0f}% of copy BW" if bw else ""
-            print(f"{method}: ctx {d['context']}: {d['tokens_per_s']:.1f} tok/s, {d['ms_per_step']:.2f} ms/step, "
+            print(f"{method}: batch {d['batch']} ctx {d['context']}: {d['tokens_per_s']:.1f} tok/s, {d['ms_per_step']:.2f} ms/step, "
                   f"{d['bytes_per_step'] / 1e9:.2f} GB/step{share}", flush=True)
         del model
         if cuda:

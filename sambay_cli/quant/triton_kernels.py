@@ -447,15 +447,22 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*lead, n)
 
 
-# Prefill-sized int4 matmuls (at least DEQUANT_MIN_ROWS activation rows, outside CUDA-graph capture) dequantize the
-# layer into a scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor matmul. The fused GEMM
-# (gathered activation columns, small tiles) loses from 8 rows on and reaches 40 TFLOP/s at 2,048 rows where this
-# path gives a 20480x2560 layer in 347 us against 317 us for the bf16 matmul alone (H100,
-# docs/results/2026-11-27-h100-int4-prefill-dequant.txt). The scratch holds at most DEQUANT_CHUNK_ELEMENTS weights
-# (128 MB in bf16); larger layers (a quantized lm_head) go in row chunks.
-DEQUANT_MIN_ROWS = 16
+# int4 matmuls of more than GEMV_MAX_ROWS activation rows (prefill, batched decode) dequantize the layer into a
+# scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor matmul. The fused GEMM (gathered activation
+# columns, small tiles) loses from 8 rows on - by 7x on the 10240-input fc2, whose 20 column blocks leave most SMs
+# idle - and reaches 40 TFLOP/s at 2,048 rows, where this path gives a 20480x2560 layer in 347 us against 317 us
+# for the bf16 matmul alone (H100, docs/results/2026-11-27-h100-int4-prefill-dequant.txt). Inside a CUDA-graph
+# capture the path is taken only if the scratch already holds the layer (an eager step of the same shapes ran
+# first), so capture never allocates it. The scratch holds at most DEQUANT_CHUNK_ELEMENTS weights (128 MB in bf16);
+# larger layers (a quantized lm_head) go in row chunks.
+DEQUANT_MIN_ROWS = GEMV_MAX_ROWS + 1
 DEQUANT_CHUNK_ELEMENTS = 64 * 1024 * 1024
 _SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
+
+
+def _scratch_ready(device: torch.device, dtype: torch.dtype, numel: int) -> bool:
+    buf = _SCRATCH.get((device, dtype))
+    return buf is not None and buf.numel() >= numel
 
 
 def _scratch(device: torch.device, dtype: torch.dtype, numel: int) -> torch.Tensor:
@@ -501,15 +508,18 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, bias: torch.Tensor | None, *, interleaved: bool = False) -> torch.Tensor:
     """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
     column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. Decode-sized calls on
-    interleaved weights take the GEMV; prefill-sized ones (``DEQUANT_MIN_ROWS`` rows or more, outside CUDA-graph
-    capture) dequantize into a scratch buffer and matmul; the rows between take the fused tiled GEMM."""
+    interleaved weights take the GEMV; larger ones (``DEQUANT_MIN_ROWS`` rows or more) dequantize into a scratch
+    buffer and matmul; the fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph
+    capture that finds no scratch)."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
     if m <= GEMV_MAX_ROWS and interleaved:
         return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-    if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and not capturing:
+    need = min(n, max(1, DEQUANT_CHUNK_ELEMENTS // k)) * k
+    if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and (
+            not capturing or _scratch_ready(x.device, x.dtype, need)):
         return _dequant_matmul(x2, qweight, scales, zeros, group_size, bias, interleaved).reshape(*lead, n)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     b = bias if bias is not None else scales
