@@ -27,9 +27,10 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("rows, k", [(1, 80), (3, 80), (21, 80), (1, 256), (2, 256)])
+@pytest.mark.parametrize("rows, k", [(1, 80), (3, 80), (21, 80), (1, 256), (2, 256), (9, 80), (16, 600)])
 def test_w8a16_matches_reference(rows, k):
-    """GEMV (≤ 4 rows) and GEMM paths, float32 activations."""
+    """GEMV (≤ 4 rows), batched-decode GEMM (5–16 rows; K shorter than and not a multiple of its 256-column step)
+    and prefill GEMM paths, float32 activations."""
     torch.manual_seed(rows)
     n = 48
     w = torch.randn(n, k)

@@ -352,6 +352,12 @@ def int8_gemv_variant(k: int, n: int) -> str:
     return os.environ.get("SAMBAY_INT8_GEMV") or _default_int8_gemv(k, n)[0]
 
 
+# int8 GEMM at up to W8_SMALL_M rows (batched decode): (16, 32, 256) tiles, 4 warps, 4 stages - at 16 rows 2.2x
+# faster over the 3.8B shapes than the prefill tiles (2560x10240: 25 us against 87; H100,
+# docs/results/2026-11-27-h100-gemm-m16-sweep.txt). The int4 GEMM's best tiles stayed slower than its scratch path.
+W8_SMALL_M = 16
+
+
 def _gemm_blocks(m: int) -> tuple[int, int, int]:
     if _INTERPRET:
         return 16, 32, 32
@@ -380,11 +386,14 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if m <= GEMV_MAX_ROWS:
         return w8a16_gemv(x, qweight, scales, bias)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    bm, bn, bk = _gemm_blocks(m)
+    if m <= W8_SMALL_M and not _INTERPRET:  # batched decode: narrow tiles, long K steps, 4 stages (H100 sweep)
+        bm, bn, bk, warps, stages = 16, 32, 256, 4, 4
+    else:
+        (bm, bn, bk), warps, stages = _gemm_blocks(m), 4, 3
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
     _w8_gemm_kernel[grid](x2, qweight, scales, bias if bias is not None else scales, y, m, n, k, x2.stride(0),
                           qweight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn,
-                          BLOCK_K=bk)
+                          BLOCK_K=bk, num_warps=warps, num_stages=stages)
     return y.reshape(*lead, n)
 
 
