@@ -193,6 +193,23 @@ def test_w4a16_gemv_bf16x2_error_bound():
     assert _rel(y, ref) < 0.1 * _rel(x.float() @ w.T, ref)
 
 
+@pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 512, 64, 13, True), (9, 256, 128, 16, False),
+                                                        (17, 384, 128, 5, False)])
+def test_w4a16_batched_rows_gemm(n, k, group, rows, symmetric):
+    """Batched decode (5–16 bf16 rows) on word-interleaved weights takes the tensor-core GEMM that decodes each
+    group in registers: ragged output rows, an odd group count, bias; within the bf16 bound of the float32
+    reference (weights and output rounded to bf16)."""
+    torch.manual_seed(n + rows)
+    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
+    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
+    ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
+    z = q.zeros.to(DEV) if q.zeros is not None else None
+    y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,
+                        bias.to(DEV), interleaved=True)
+    assert y.shape == (rows, n) and y.dtype == torch.bfloat16
+    assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+
+
 def test_w4_prefill_dequantize_then_matmul(monkeypatch):
     """Prefill-sized int4 matmuls dequantize into a scratch buffer, then matmul: the dequantized weight equals
     formats.dequantize_int4 exactly from either code order, and y matches the reference with bias, also when the
@@ -306,14 +323,14 @@ def test_3d_input_and_dispatch_seam(monkeypatch):
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 def test_gpu_int4_batched_rows_in_cuda_graph(monkeypatch):
-    """8 activation rows (batched decode) inside a CUDA-graph capture: with the scratch buffer left by an eager call
-    the graph dequantizes into it and replays the right product; with no scratch the capture takes the fused GEMM
-    and allocates none."""
+    """24 activation rows (above the batched-decode GEMM) inside a CUDA-graph capture: with the scratch buffer left
+    by an eager call the graph dequantizes into it and replays the right product; with no scratch the capture takes
+    the fused GEMM and allocates none."""
     torch.manual_seed(2)
     n, k = 512, 1024
     q = formats.quantize_int4(torch.randn(n, k, device=DEV) * 0.02, 128)
     qi = formats.interleave_int4(q.qweight, 128)
-    x = torch.randn(8, k, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(24, k, device=DEV, dtype=torch.bfloat16)
     ref = x.float() @ formats.dequantize_int4(q).T
     for ready in (True, False):
         monkeypatch.setattr(tk, "_SCRATCH", {})

@@ -235,6 +235,78 @@ def _w4_epilogue_store(out, up, b_ptr, m_ptr, y_ptr, rows, offs_n, mask_n, row, 
 
 
 @triton.jit
+def _w4_scaled_pairs(w, zero, scale, q: tl.constexpr, EMULATE: tl.constexpr):
+    """bf16 [rows, 2·G/8] weights (code − zero)·scale of pair q of every word: ((w >> 4q) & 0x000F000F) | 0x4300 4300
+    is 128 + code in two bfloat16 lanes, one packed add of −(128 + zero) leaves code − zero exactly and one packed
+    multiply by (scale, scale) rounds (code − zero)·scale to bf16 once — the same bf16 weight as dequantize. Lanes
+    (even, odd column) are split and joined, so the columns come out in order: 2·(q·G/8 + j) + h."""
+    if EMULATE:
+        lo = (((w >> (4 * q)) & 0xF).to(tl.float32) - zero.to(tl.float32)) * scale.to(tl.float32)
+        hi = (((w >> (16 + 4 * q)) & 0xF).to(tl.float32) - zero.to(tl.float32)) * scale.to(tl.float32)
+        even = _round_bf16(lo).to(tl.bfloat16)  # exact: the value is a bf16 already (the interpreter cannot
+        odd = _round_bf16(hi).to(tl.bfloat16)  # bitcast int16 to bf16)
+    else:
+        negzz = (0xC300 | zero) * 0x10001  # −(128 + zero) as bfloat16, both lanes
+        sbits = scale.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        pair = tl.inline_asm_elementwise(
+            asm="""{
+            .reg .b32 t, m, c;
+            mov.b32 m, 0x000F000F;
+            mov.b32 c, 0x43004300;
+            shr.u32 t, $1, $4;
+            lop3.b32 t, t, m, c, 0xEA;
+            add.rn.bf16x2 t, t, $2;
+            mul.rn.bf16x2 $0, t, $3;
+            }""",
+            constraints="=r,r,r,r,r",
+            args=[w, negzz, sbits | (sbits << 16), tl.full(w.shape, 4 * q, tl.int32)], dtype=tl.int32,
+            is_pure=True, pack=1)
+        even = (pair & 0xFFFF).to(tl.int16).to(tl.bfloat16, bitcast=True)
+        odd = (pair >> 16).to(tl.int16).to(tl.bfloat16, bitcast=True)
+    return tl.reshape(tl.join(even, odd), (w.shape[0], 2 * w.shape[1]))
+
+
+@triton.jit
+def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn,
+                          stride_ym, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
+                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EMULATE: tl.constexpr = False):
+    """W4A16 for a few bf16 activation rows (batched decode) on word-interleaved weights, on tensor cores: each group
+    of BLOCK_N rows is decoded in registers into four bf16 [BLOCK_N, G/4] tiles in natural column order
+    (_w4_scaled_pairs) and dotted with the matching contiguous activation columns."""
+    WPG: tl.constexpr = GROUP // 8
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    offs_j = tl.arange(0, WPG)
+    offs_c = tl.arange(0, 2 * WPG)
+    w_rows = w_ptr + rows[:, None] * stride_wn + offs_j[None, :]
+    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_c[None, :]
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for g in range(0, K // GROUP):
+        words = tl.load(w_rows + g * WPG)
+        scale = tl.load(s_ptr + rows * stride_sn + g)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + rows * stride_sn + g).to(tl.int32)
+        else:
+            zero = tl.full((BLOCK_N,), 8, tl.int32)
+        for q in tl.static_range(4):
+            w_q = _w4_scaled_pairs(words, zero[:, None], scale[:, None], q, EMULATE)  # [BLOCK_N, 2·WPG] bf16
+            x_q = tl.load(x_rows + g * GROUP + q * 2 * WPG, mask=mask_m[:, None], other=0.0)
+            if EMULATE:  # the interpreter's dot misreads bf16 tiles built in registers; the values are bf16-exact
+                acc += tl.dot(x_q.to(tl.float32), tl.trans(w_q.to(tl.float32)), out_dtype=tl.float32)
+            else:
+                acc += tl.dot(x_q, tl.trans(w_q), out_dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rows).to(tl.float32)[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=mask_m[:, None] & mask_n[None, :])
+
+
+@triton.jit
 def _w4_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
                     GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr, INTERLEAVED: tl.constexpr = False):
@@ -456,6 +528,33 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*lead, n)
 
 
+W4_SMALL_M = 16  # 5 … this many bf16 activation rows (batched decode) take _w4_gemm_small_kernel
+
+
+def w4_gemm_small_config() -> tuple[int, int, int]:
+    """(rows per program, warps, stages) of the batched-decode int4 GEMM; SAMBAY_W4_GEMM_SMALL="rows,warps,stages"
+    overrides (tuning)."""
+    override = os.environ.get("SAMBAY_W4_GEMM_SMALL")
+    if override:
+        bn, nw, ns = (int(v) for v in override.split(","))
+        return bn, nw, ns
+    return (16, 1, 1) if _INTERPRET else (32, 4, 3)
+
+
+def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                   group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
+    m, k = x2.shape
+    n = qweight.shape[0]
+    bn, nw, ns = w4_gemm_small_config()
+    y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
+    words = qweight.view(torch.int32)
+    _w4_gemm_small_kernel[(triton.cdiv(n, bn), triton.cdiv(m, 16))](
+        x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, m, n, k,
+        x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
+        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=bn, EMULATE=_INTERPRET, num_warps=nw, num_stages=ns)
+    return y
+
+
 # int4 matmuls of more than GEMV_MAX_ROWS activation rows (prefill, batched decode) dequantize the layer into a
 # scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor matmul. The fused GEMM (gathered activation
 # columns, small tiles) loses from 8 rows on - by 7x on the 10240-input fc2, whose 20 column blocks leave most SMs
@@ -517,14 +616,17 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, bias: torch.Tensor | None, *, interleaved: bool = False) -> torch.Tensor:
     """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
     column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. Decode-sized calls on
-    interleaved weights take the GEMV; larger ones (``DEQUANT_MIN_ROWS`` rows or more) dequantize into a scratch
-    buffer and matmul; the fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph
+    interleaved weights take the GEMV, up to W4_SMALL_M bf16 rows the tensor-core GEMM that decodes groups in
+    registers; larger ones (``DEQUANT_MIN_ROWS`` rows or more) dequantize into a scratch buffer and matmul; the fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph
     capture that finds no scratch)."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
     if m <= GEMV_MAX_ROWS and interleaved:
         return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
+    if (m <= W4_SMALL_M and interleaved and x2.dtype == torch.bfloat16 and scales.dtype == torch.bfloat16
+            and group_size >= 64):
+        return _w4_gemm_small(x2, qweight, scales, zeros, group_size, bias).reshape(*lead, n)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     need = min(n, max(1, DEQUANT_CHUNK_ELEMENTS // k)) * k
     if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and (
