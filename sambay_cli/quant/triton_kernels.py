@@ -1,15 +1,17 @@
-"""Fused weight-only quantized matmuls in Triton: W8A16 (int8 per-channel) and W4A16 (int4 group-wise).
+"""Weight-only quantized matmuls in Triton: W8A16 (int8 per-channel) and W4A16 (int4 group-wise).
 
-Dequantization happens in registers; the packed weight is read once.
-
-* GEMV (decode, few rows): each program owns BLOCK_N output channels for one activation row and walks the input
-  dimension (CUDA cores; at batch 1 the op is bound by reading the weight). int8 runs the dense GEMV of
-  ``kernels/triton_gemv.py`` with a row scale. int4 runs its own kernel on the word-interleaved GPU order
-  (``formats.interleave_int4``), which lets every nibble position meet a contiguous run of activations; narrow
-  layers split the input dimension across programs (split-K through a self-cleaning float32 workspace).
-* GEMM (prefill): classic tiled matmul with ``tl.dot``; the int4 tile is split into its low-nibble (even columns) and
-  high-nibble (odd columns) halves, each dotted with the matching even/odd activation columns (gathered by pair
-  index for the interleaved order). Accumulation is float32; output in the activation dtype.
+* GEMV (decode, up to GEMV_MAX_ROWS rows): each program owns BLOCK_N output channels for one activation row and walks
+  the input dimension on CUDA cores (at batch 1 the op is bound by reading the weight); dequantization happens in
+  registers and the packed weight is read once. int8 runs the dense GEMV of ``kernels/triton_gemv.py`` with a row
+  scale. int4 runs its own kernel on the word-interleaved GPU order (``formats.interleave_int4``): bf16 activations
+  in packed bfloat16x2 arithmetic, others in float32; narrow layers split the input dimension across programs
+  (split-K through a self-cleaning float32 workspace).
+* Batched decode (up to 16 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles; int4 (bf16 activations) a
+  tensor-core GEMM that decodes each group into bf16 tiles in registers (``_w4_gemm_small_kernel``).
+* Prefill: int8 runs the tiled GEMM; int4 dequantizes the layer into a reused scratch buffer
+  (``_w4_dequant_kernel``) and calls the vendor matmul. A fused byte-wise int4 GEMM (low/high nibble halves dotted
+  with gathered activation columns) serves what the other paths cannot (decode on file-order bytes, groups not a
+  multiple of 8, a graph capture that finds no scratch). Accumulation is float32; output in the activation dtype.
 
 All kernels also run under the Triton interpreter (TRITON_INTERPRET=1) for CPU tests.
 """
