@@ -155,7 +155,7 @@ def test_w4a16_matches_reference(rows, symmetric, group):
 def test_w4a16_gemv_interleaved(n, k, group, rows, config, symmetric):
     from sambay_cli.kernels import triton_gemv
 
-    """The int4 decode GEMV on the group-interleaved byte order: ragged rows, uneven k-splits (the split-K workspace
+    """The int4 decode GEMV on the word-interleaved code order: ragged rows, uneven k-splits (the split-K workspace
     must be clean afterwards, twice in a row), small groups, several activation rows, float32 activations (read
     element-wise) within 1e-5; bf16 activations (read as 32-bit pairs) within the bf16 rule."""
     torch.manual_seed(n + k)

@@ -3,7 +3,7 @@
 
     python tools/bench_quant_gemv.py        # prints, per shape, the best config; then all linears of one token
 
-int8: (kernel variant, rows per program, input columns per step, warps, k-splits). int4 (group-interleaved weights):
+int8: (kernel variant, rows per program, input columns per step, warps, k-splits). int4 (word-interleaved weights):
 (rows per program, groups per step, warps, k-splits), "auto" being the shipped heuristic; the MLP fc1 is also timed
 with its fused SwiGLU epilogue, as the model runs it.
 """

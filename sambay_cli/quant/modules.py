@@ -51,8 +51,8 @@ class QuantLinear(nn.Module):
             self.register_parameter(name, _frozen(t))
         self.bias = _frozen(bias) if bias is not None else None
         self._bnb_quant_state = None  # built lazily for bitsandbytes' own CUDA matmul
-        # int4 byte order in memory: "file" (as stored) or "interleaved" (the GPU GEMV's group-interleaved order,
-        # formats.interleave_int4: same bytes, permuted within each group); see interleave_for_gpu_
+        # int4 code order in memory: "file" (as stored) or "interleaved" (the GPU kernels' word-interleaved order,
+        # formats.interleave_int4: same codes, permuted within each group); see interleave_for_gpu_
         self.int4_order = "file"
 
     def extra_repr(self) -> str:
@@ -64,7 +64,7 @@ class QuantLinear(nn.Module):
         return self._parameters.get("zeros")
 
     def interleave_for_gpu_(self) -> bool:
-        """Put an int4 layer's bytes in the GPU decode kernel's group-interleaved order, in place (one layer's bytes
+        """Put an int4 layer's codes in the GPU kernels' word-interleaved order, in place (one layer's bytes
         of extra memory for a moment). Groups that are not a multiple of 8 columns keep the file order (served by
         the GEMM kernel). Returns whether the layer is now interleaved."""
         if self.fmt != "int4" or self.int4_order == "interleaved":

@@ -69,6 +69,13 @@ def _round_bf16(v):
 
 
 @triton.jit
+def _neg_magic_zero(zero):
+    """−(128 + zero) as bfloat16 bits in both lanes of an int32 (zero an int32 in [0, 15]): adding it to the lanes
+    128 + code (``(w >> 4q) & 0x000F000F | 0x4300 4300``) leaves code − zero exactly."""
+    return (0xC300 | zero) * 0x10001
+
+
+@triton.jit
 def _bf16x2_word_dot(w, x0, x1, x2, x3, negzz, EMULATE: tl.constexpr):
     """Σ over the 8 codes of one word-interleaved int4 word of (code − zero)·x, in packed bfloat16 arithmetic.
 
@@ -144,7 +151,7 @@ def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr,
             zero = tl.load(z_tile + g0).to(tl.int32)[:, :, None]
         else:
             zero = tl.full((NG, BLOCK_N, 1), 8, tl.int32)
-        negzz = (0xC300 | zero) * 0x10001  # −(128 + zero) as bfloat16, in both lanes
+        negzz = _neg_magic_zero(zero)
         x0 = tl.load(x_tile + g0 * (GROUP // 2))[:, None, :]
         x1 = tl.load(x_tile + g0 * (GROUP // 2) + WPG)[:, None, :]
         x2 = tl.load(x_tile + g0 * (GROUP // 2) + 2 * WPG)[:, None, :]
@@ -248,7 +255,7 @@ def _w4_scaled_pairs(w, zero, scale, q: tl.constexpr, EMULATE: tl.constexpr):
         even = _round_bf16(lo).to(tl.bfloat16)  # exact: the value is a bf16 already (the interpreter cannot
         odd = _round_bf16(hi).to(tl.bfloat16)  # bitcast int16 to bf16)
     else:
-        negzz = (0xC300 | zero) * 0x10001  # −(128 + zero) as bfloat16, both lanes
+        negzz = _neg_magic_zero(zero)
         sbits = scale.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
         pair = tl.inline_asm_elementwise(
             asm="""{
@@ -530,7 +537,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*lead, n)
 
 
-W4_SMALL_M = 16  # 5 … this many bf16 activation rows (batched decode) take _w4_gemm_small_kernel
+W4_SMALL_M = 16  # 5 … this many bf16 activation rows (batched decode) take _w4_gemm_small_kernel (one M tile)
 
 
 def w4_gemm_small_config() -> tuple[int, int, int]:
@@ -550,10 +557,10 @@ def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     bn, nw, ns = w4_gemm_small_config()
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     words = qweight.view(torch.int32)
-    _w4_gemm_small_kernel[(triton.cdiv(n, bn), triton.cdiv(m, 16))](
+    _w4_gemm_small_kernel[(triton.cdiv(n, bn), triton.cdiv(m, W4_SMALL_M))](
         x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, m, n, k,
         x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
-        HAS_BIAS=bias is not None, BLOCK_M=16, BLOCK_N=bn, EMULATE=_INTERPRET, num_warps=nw, num_stages=ns)
+        HAS_BIAS=bias is not None, BLOCK_M=W4_SMALL_M, BLOCK_N=bn, EMULATE=_INTERPRET, num_warps=nw, num_stages=ns)
     return y
 
 
@@ -597,10 +604,15 @@ def w4_dequantize(qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tens
     return out
 
 
+def _dequant_chunk_rows(n: int, k: int) -> int:
+    """Rows of an [n, k] layer dequantized at a time (all of them unless that exceeds DEQUANT_CHUNK_ELEMENTS)."""
+    return max(1, min(n, DEQUANT_CHUNK_ELEMENTS // k))
+
+
 def _dequant_matmul(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                     group_size: int, bias: torch.Tensor | None, interleaved: bool) -> torch.Tensor:
     n, k = qweight.shape[0], qweight.shape[1] * 2
-    chunk = max(1, min(n, DEQUANT_CHUNK_ELEMENTS // k))
+    chunk = _dequant_chunk_rows(n, k)
     if chunk == n:
         w = w4_dequantize(qweight, scales, zeros, group_size, slice(0, n),
                           _scratch(x2.device, x2.dtype, n * k).view(n, k), interleaved=interleaved)
@@ -619,8 +631,9 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
     column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. Decode-sized calls on
     interleaved weights take the GEMV, up to W4_SMALL_M bf16 rows the tensor-core GEMM that decodes groups in
-    registers; larger ones (``DEQUANT_MIN_ROWS`` rows or more) dequantize into a scratch buffer and matmul; the fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph
-    capture that finds no scratch)."""
+    registers; other calls of ``DEQUANT_MIN_ROWS`` rows or more dequantize into a scratch buffer and matmul; the
+    fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph capture that finds no
+    scratch)."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
@@ -630,9 +643,8 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
             and group_size >= 64):
         return _w4_gemm_small(x2, qweight, scales, zeros, group_size, bias).reshape(*lead, n)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
-    need = min(n, max(1, DEQUANT_CHUNK_ELEMENTS // k)) * k
     if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and (
-            not capturing or _scratch_ready(x.device, x.dtype, need)):
+            not capturing or _scratch_ready(x.device, x.dtype, _dequant_chunk_rows(n, k) * k)):
         return _dequant_matmul(x2, qweight, scales, zeros, group_size, bias, interleaved).reshape(*lead, n)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     b = bias if bias is not None else scales
