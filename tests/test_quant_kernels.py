@@ -27,10 +27,11 @@ def _rel(a, b) -> float:
     return ((a - b).norm() / b.norm()).item()
 
 
-@pytest.mark.parametrize("rows, k", [(1, 80), (3, 80), (21, 80), (1, 256), (2, 256), (9, 80), (16, 600)])
+@pytest.mark.parametrize("rows, k", [(1, 80), (3, 80), (21, 80), (1, 256), (2, 256), (9, 80), (16, 600), (40, 300),
+                                     (70, 80)])
 def test_w8a16_matches_reference(rows, k):
-    """GEMV (≤ 4 rows), batched-decode GEMM (5–16 rows; K shorter than and not a multiple of its 256-column step)
-    and prefill GEMM paths, float32 activations."""
+    """GEMV (≤ 4 rows), batched-decode GEMM (5–64 rows, three tile sets; K shorter than and not a multiple of the
+    K step) and prefill GEMM paths, float32 activations."""
     torch.manual_seed(rows)
     n = 48
     w = torch.randn(n, k)
@@ -194,9 +195,10 @@ def test_w4a16_gemv_bf16x2_error_bound():
 
 
 @pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 512, 64, 13, True), (9, 256, 128, 16, False),
-                                                        (17, 384, 128, 5, False)])
+                                                        (17, 384, 128, 5, False), (24, 256, 128, 33, False),
+                                                        (40, 256, 64, 64, True)])
 def test_w4a16_batched_rows_gemm(n, k, group, rows, symmetric):
-    """Batched decode (5–16 bf16 rows) on word-interleaved weights takes the tensor-core GEMM that decodes each
+    """Batched decode (5–64 bf16 rows, several activation tiles) on word-interleaved weights takes the tensor-core GEMM that decodes each
     group in registers: ragged output rows, an odd group count, bias; within the bf16 bound of the float32
     reference (weights and output rounded to bf16)."""
     torch.manual_seed(n + rows)
@@ -323,14 +325,14 @@ def test_3d_input_and_dispatch_seam(monkeypatch):
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 def test_gpu_int4_batched_rows_in_cuda_graph(monkeypatch):
-    """24 activation rows (above the batched-decode GEMM) inside a CUDA-graph capture: with the scratch buffer left
+    """80 activation rows (above the batched-decode GEMM's 64) inside a CUDA-graph capture: with the scratch buffer left
     by an eager call the graph dequantizes into it and replays the right product; with no scratch the capture takes
     the fused GEMM and allocates none."""
     torch.manual_seed(2)
     n, k = 512, 1024
     q = formats.quantize_int4(torch.randn(n, k, device=DEV) * 0.02, 128)
     qi = formats.interleave_int4(q.qweight, 128)
-    x = torch.randn(24, k, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(tk.W4_SMALL_M + 16, k, device=DEV, dtype=torch.bfloat16)
     ref = x.float() @ formats.dequantize_int4(q).T
     for ready in (True, False):
         monkeypatch.setattr(tk, "_SCRATCH", {})

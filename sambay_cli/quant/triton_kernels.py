@@ -6,7 +6,7 @@
   scale. int4 runs its own kernel on the word-interleaved GPU order (``formats.interleave_int4``): bf16 activations
   in packed bfloat16x2 arithmetic, others in float32; narrow layers split the input dimension across programs
   (split-K through a self-cleaning float32 workspace).
-* Batched decode (up to 16 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles; int4 (bf16 activations) a
+* Batched decode (up to 64 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles; int4 (bf16 activations) a
   tensor-core GEMM that decodes each group into bf16 tiles in registers (``_w4_gemm_small_kernel``).
 * Prefill: int8 runs the tiled GEMM; int4 dequantizes the layer into a reused scratch buffer
   (``_w4_dequant_kernel``) and calls the vendor matmul. A fused byte-wise int4 GEMM (low/high nibble halves dotted
@@ -433,10 +433,21 @@ def int8_gemv_variant(k: int, n: int) -> str:
     return os.environ.get("SAMBAY_INT8_GEMV") or _default_int8_gemv(k, n)[0]
 
 
-# int8 GEMM at up to W8_SMALL_M rows (batched decode): (16, 32, 256) tiles, 4 warps, 4 stages - at 16 rows 2.2x
-# faster over the 3.8B shapes than the prefill tiles (2560x10240: 25 us against 87; H100,
-# docs/results/2026-11-27-h100-gemm-m16-sweep.txt). The int4 GEMM's best tiles stayed slower than its scratch path.
-W8_SMALL_M = 16
+# int8 GEMM at up to W8_BATCHED_M rows (batched decode): narrow tiles, long K steps, 4 stages. Per row count
+# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), each the best total over the 3.8B shapes of an H100 sweep at that count:
+# 16 rows 2.2x faster than the prefill tiles (docs/results/2026-11-27-h100-gemm-m16-sweep.txt); 32 and 64 rows
+# 2.2x and 1.8x (docs/results/2026-11-27-h100-batched-32-64-sweep.txt).
+W8_BATCHED_M = 64
+_W8_BATCHED_TILES = ((16, (16, 32, 256, 4, 4)), (32, (32, 32, 128, 4, 4)), (64, (32, 64, 128, 4, 4)))
+
+
+def w8_batched_tiles(m: int) -> tuple[int, int, int, int, int] | None:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the int8 GEMM for ``m`` activation rows of batched decode, or
+    None above W8_BATCHED_M rows (the prefill tiles)."""
+    for rows, tiles in _W8_BATCHED_TILES:
+        if m <= rows:
+            return tiles
+    return None
 
 
 def _gemm_blocks(m: int) -> tuple[int, int, int]:
@@ -467,8 +478,9 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if m <= GEMV_MAX_ROWS:
         return w8a16_gemv(x, qweight, scales, bias)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    if m <= W8_SMALL_M and not _INTERPRET:  # batched decode: narrow tiles, long K steps, 4 stages (H100 sweep)
-        bm, bn, bk, warps, stages = 16, 32, 256, 4, 4
+    batched = None if _INTERPRET else w8_batched_tiles(m)
+    if batched is not None:  # batched decode: narrow tiles, long K steps, 4 stages (H100 sweeps)
+        bm, bn, bk, warps, stages = batched
     else:
         (bm, bn, bk), warps, stages = _gemm_blocks(m), 4, 3
     grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
@@ -537,30 +549,37 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*lead, n)
 
 
-W4_SMALL_M = 16  # 5 … this many bf16 activation rows (batched decode) take _w4_gemm_small_kernel (one M tile)
+# Batched decode, 5 … W4_SMALL_M bf16 activation rows: _w4_gemm_small_kernel. Launch per row count, (rows of the
+# activation tile, output rows per program, warps, stages), the best total over the 3.8B shapes of H100 sweeps:
+# docs/results/2026-11-27-h100-int4-gemm-small-sweep.txt (16 rows), …-batched-32-64-sweep.txt (32 and 64 rows:
+# 1.7x and 1.4x faster than the scratch path, still 1.2x and 1.4x slower than bf16).
+W4_SMALL_M = 64
+_W4_SMALL_LAUNCH = ((16, (16, 32, 4, 3)), (32, (16, 64, 4, 3)), (64, (32, 64, 4, 3)))
 
 
-def w4_gemm_small_config() -> tuple[int, int, int]:
-    """(rows per program, warps, stages) of the batched-decode int4 GEMM; SAMBAY_W4_GEMM_SMALL="rows,warps,stages"
-    overrides (tuning)."""
+def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
+    """(activation rows per tile, output rows per program, warps, stages) of the batched-decode int4 GEMM for ``m``
+    rows; SAMBAY_W4_GEMM_SMALL="block_m,rows,warps,stages" overrides (tuning)."""
     override = os.environ.get("SAMBAY_W4_GEMM_SMALL")
     if override:
-        bn, nw, ns = (int(v) for v in override.split(","))
-        return bn, nw, ns
-    return (16, 1, 1) if _INTERPRET else (32, 4, 3)
+        bm, bn, nw, ns = (int(v) for v in override.split(","))
+        return bm, bn, nw, ns
+    if _INTERPRET:
+        return 16, 16, 1, 1
+    return next(cfg for rows, cfg in _W4_SMALL_LAUNCH if m <= rows or rows == W4_SMALL_M)
 
 
 def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                    group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
     m, k = x2.shape
     n = qweight.shape[0]
-    bn, nw, ns = w4_gemm_small_config()
+    bm, bn, nw, ns = w4_gemm_small_config(m)
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     words = qweight.view(torch.int32)
-    _w4_gemm_small_kernel[(triton.cdiv(n, bn), triton.cdiv(m, W4_SMALL_M))](
+    _w4_gemm_small_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
         x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, m, n, k,
         x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
-        HAS_BIAS=bias is not None, BLOCK_M=W4_SMALL_M, BLOCK_N=bn, EMULATE=_INTERPRET, num_warps=nw, num_stages=ns)
+        HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, EMULATE=_INTERPRET, num_warps=nw, num_stages=ns)
     return y
 
 
