@@ -196,7 +196,8 @@ def test_w4a16_gemv_bf16x2_error_bound():
 
 @pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 512, 64, 13, True), (9, 256, 128, 16, False),
                                                         (17, 384, 128, 5, False), (24, 256, 128, 33, False),
-                                                        (40, 256, 64, 64, True)])
+                                                        (40, 256, 64, 64, True), (40, 512, 64, 7, False),
+                                                        (24, 1024, 256, 9, False)])
 def test_w4a16_batched_rows_gemm(n, k, group, rows, symmetric):
     """Batched decode (5–64 bf16 rows, several activation tiles) on word-interleaved weights takes the tensor-core GEMM that decodes each
     group in registers: ragged output rows, an odd group count, bias; within the bf16 bound of the float32
@@ -210,6 +211,33 @@ def test_w4a16_batched_rows_gemm(n, k, group, rows, symmetric):
                         bias.to(DEV), interleaved=True)
     assert y.shape == (rows, n) and y.dtype == torch.bfloat16
     assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+
+
+@pytest.mark.parametrize("rows,group,symmetric", [(7, 128, False), (33, 128, True), (12, 64, True)])
+def test_w4a16_batched_rows_gemm_split_k(monkeypatch, rows, group, symmetric):
+    """The batched-decode int4 GEMM split over K (forced by a high program target): partial tiles meet in the
+    split-K workspace; the result matches the bf16 bound, twice in a row, and the workspace and tickets are zero
+    afterwards (the next call and graph replays rely on it)."""
+    from sambay_cli.kernels import triton_gemv
+
+    monkeypatch.setattr(tk, "W4_SMALL_SPLIT_TARGET", 10_000)
+    splits = []
+    real = triton_gemv.split_buffers
+    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
+    torch.manual_seed(rows)
+    n, k = 40, 8 * group
+    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
+    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
+    ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
+    assert tk.w4_gemm_small_split(6, k // group) == 4
+    z = q.zeros.to(DEV) if q.zeros is not None else None
+    for _ in range(2):
+        y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,
+                            bias.to(DEV), interleaved=True)
+        assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+    assert splits == [4, 4]
+    ws, tickets = triton_gemv.splitk_workspace(torch.device(DEV), 1, 1)
+    assert not ws.any() and not tickets.any()
 
 
 def test_w4_prefill_dequantize_then_matmul(monkeypatch):

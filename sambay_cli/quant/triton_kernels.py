@@ -276,12 +276,16 @@ def _w4_scaled_pairs(w, zero, scale, q: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn,
-                          stride_ym, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr,
-                          BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EMULATE: tl.constexpr = False):
+def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn,
+                          stride_sn, stride_ym, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                          HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                          EMULATE: tl.constexpr = False, ATOMIC: tl.constexpr = False):
     """W4A16 for a few bf16 activation rows (batched decode) on word-interleaved weights, on tensor cores: each group
     of BLOCK_N rows is decoded in registers into four bf16 [BLOCK_N, G/4] tiles in natural column order
-    (_w4_scaled_pairs) and dotted with the matching contiguous activation columns."""
+    (_w4_scaled_pairs) and dotted with the matching contiguous activation columns. With SPLIT > 1 (ATOMIC) program
+    (n-block, m-block, split) covers 1/SPLIT of the groups; the tiles meet in the float32 split-K workspace ([M, N],
+    zero between calls) and the last program of a tile (ticket per tile) reads the totals back, zeroes the workspace
+    and its ticket, and stores."""
     WPG: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -295,7 +299,15 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, str
     w_rows = w_ptr + rows[:, None] * stride_wn + offs_j[None, :]
     x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_c[None, :]
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for g in range(0, K // GROUP):
+    groups = K // GROUP
+    if ATOMIC:
+        per_split = tl.cdiv(groups, SPLIT)
+        g_start = tl.program_id(2) * per_split
+        g_stop = tl.minimum(g_start + per_split, groups)
+    else:  # all groups from a constant start: the unsplit loop compiles as before split-K existed
+        g_start = 0
+        g_stop = groups
+    for g in range(g_start, g_stop):
         words = tl.load(w_rows + g * WPG)
         scale = tl.load(s_ptr + rows * stride_sn + g)
         if HAS_ZEROS:
@@ -309,10 +321,25 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, str
                 acc += tl.dot(x_q.to(tl.float32), tl.trans(w_q.to(tl.float32)), out_dtype=tl.float32)
             else:
                 acc += tl.dot(x_q, tl.trans(w_q), out_dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rows).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
+    tile_ok = mask_m[:, None] & mask_n[None, :]
+    if ATOMIC:
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws_tile, acc, mask=tile_ok, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial sums are issued before the ticket releases them
+        counter = cnt_ptr + pid_m * tl.num_programs(0) + pid_n
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+        last = ticket == SPLIT - 1
+        if last:
+            acc = tl.atomic_add(ws_tile, tl.zeros_like(acc), mask=tile_ok, sem="relaxed")
+            tl.store(ws_tile, tl.zeros_like(acc), mask=tile_ok)
+            tl.atomic_xchg(counter, 0, sem="relaxed")
+    else:
+        last = True
+    if last:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + rows).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=tile_ok)
 
 
 @triton.jit
@@ -553,8 +580,15 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 # activation tile, output rows per program, warps, stages), the best total over the 3.8B shapes of H100 sweeps:
 # docs/results/2026-11-27-h100-int4-gemm-small-sweep.txt (16 rows), …-batched-32-64-sweep.txt (32 and 64 rows:
 # 1.7x and 1.4x faster than the scratch path, still 1.2x and 1.4x slower than bf16).
+# Groups of 64 with zero points are left out: compiled for sm_90 by Triton 3.6 the kernel returns wrong sums for them
+# (relative error ~1, whatever the zero values; symmetric group-64 and groups of 128 are right; the interpreter is
+# right), so they take the scratch path.
 W4_SMALL_M = 64
 _W4_SMALL_LAUNCH = ((16, (16, 32, 4, 3)), (32, (16, 64, 4, 3)), (64, (32, 64, 4, 3)))
+# Narrow layers (few output-row blocks, long K: the 10240-input fc2 has 40-80) leave SMs idle; they split K so that
+# about W4_SMALL_SPLIT_TARGET programs run.
+W4_SMALL_SPLIT_TARGET = 528
+W4_SMALL_SPLIT_MIN_GROUPS = 2
 
 
 def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
@@ -569,6 +603,16 @@ def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
     return next(cfg for rows, cfg in _W4_SMALL_LAUNCH if m <= rows or rows == W4_SMALL_M)
 
 
+def w4_gemm_small_split(tiles: int, groups: int) -> int:
+    """K-splits of the batched-decode int4 GEMM for a launch of ``tiles`` (n-block, m-block) programs over ``groups``
+    groups: enough for about W4_SMALL_SPLIT_TARGET programs, each keeping at least W4_SMALL_SPLIT_MIN_GROUPS groups;
+    SAMBAY_W4_GEMM_SMALL_SPLIT="target" overrides the target (0: never split)."""
+    target = int(os.environ.get("SAMBAY_W4_GEMM_SMALL_SPLIT", W4_SMALL_SPLIT_TARGET))
+    if target <= tiles:
+        return 1
+    return max(1, min(triton.cdiv(target, tiles), groups // W4_SMALL_SPLIT_MIN_GROUPS))
+
+
 def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                    group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
     m, k = x2.shape
@@ -576,10 +620,14 @@ def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     bm, bn, nw, ns = w4_gemm_small_config(m)
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     words = qweight.view(torch.int32)
-    _w4_gemm_small_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
-        x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, m, n, k,
-        x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), GROUP=group_size, HAS_ZEROS=zeros is not None,
-        HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, EMULATE=_INTERPRET, num_warps=nw, num_stages=ns)
+    grid_n, grid_m = triton.cdiv(n, bn), triton.cdiv(m, bm)
+    split = w4_gemm_small_split(grid_n * grid_m, k // group_size)
+    split, partials, tickets = triton_gemv.split_buffers(x2.device, split, m * n, grid_n * grid_m, y)
+    _w4_gemm_small_kernel[(grid_n, grid_m, split)](
+        x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, partials,
+        tickets, m, n, k, x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), split, GROUP=group_size,
+        HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, EMULATE=_INTERPRET,
+        ATOMIC=split > 1, num_warps=nw, num_stages=ns)
     return y
 
 
@@ -659,7 +707,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     if m <= GEMV_MAX_ROWS and interleaved:
         return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
     if (m <= W4_SMALL_M and interleaved and x2.dtype == torch.bfloat16 and scales.dtype == torch.bfloat16
-            and group_size >= 64):
+            and (group_size >= 128 or (group_size == 64 and zeros is None))):
         return _w4_gemm_small(x2, qweight, scales, zeros, group_size, bias).reshape(*lead, n)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and (
