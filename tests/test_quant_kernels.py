@@ -43,6 +43,30 @@ def test_w8a16_matches_reference(rows, k):
     assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
+@pytest.mark.parametrize("rows, k", [(6, 1100), (40, 1100)])
+def test_w8a16_batched_gemm_split_k(monkeypatch, rows, k):
+    """The batched-decode int8 GEMM split over K (forced by a high program target), bf16 activations: partial tiles
+    meet in the split-K workspace; right twice in a row, workspace and tickets zero afterwards."""
+    from sambay_cli.kernels import triton_gemv
+
+    monkeypatch.setattr(tk, "W8_BATCHED_SPLIT_TARGET", 10_000)
+    splits = []
+    real = triton_gemv.split_buffers
+    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
+    torch.manual_seed(rows)
+    n = 48
+    q = formats.quantize_int8(torch.randn(n, k))
+    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
+    ref = x.float() @ formats.dequantize_int8(q.qweight, q.scales).float().T + bias.float()
+    for _ in range(2):
+        y = tk.w8a16_linear(x.to(DEV), q.qweight.to(DEV), q.scales.to(DEV), bias.to(DEV))
+        assert y.shape == (rows, n) and y.dtype == torch.bfloat16
+        assert _rel(y.float().cpu(), ref) < 2 * _rel(ref.bfloat16().float(), ref) + 1e-3
+    assert splits and all(sp > 1 for sp in splits)
+    ws, tickets = triton_gemv.splitk_workspace(torch.device(DEV), 1, 1)
+    assert not ws.any() and not tickets.any()
+
+
 @pytest.mark.parametrize("epilogue", ["swiglu", "gate"])
 def test_w8a16_fused_epilogues(epilogue):
     """An int8 QuantLinear's fused decode path (one GEMV kernel with the SwiGLU / GMU-gate epilogue) equals the layer
@@ -229,7 +253,7 @@ def test_w4a16_batched_rows_gemm_split_k(monkeypatch, rows, group, symmetric):
     q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
     x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
     ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
-    assert tk.w4_gemm_small_split(6, k // group) == 4
+    assert tk.batched_split(6, k // group, tk.W4_SMALL_SPLIT_TARGET, "SAMBAY_W4_GEMM_SMALL_SPLIT") == 4
     z = q.zeros.to(DEV) if q.zeros is not None else None
     for _ in range(2):
         y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,

@@ -34,28 +34,58 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @triton.jit
-def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
-                    HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
+                    SPLIT, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr = False, EMULATE: tl.constexpr = False):
+    """W8A16 tiled GEMM (batched decode and prefill). With SPLIT > 1 (ATOMIC) program (m-block, n-block, split) covers
+    1/SPLIT of the K steps; the scaled partial tiles meet in the float32 split-K workspace ([M, N], zero between
+    calls) and the last program of a tile (ticket per tile) reads the totals back, zeroes the workspace and its
+    ticket, and stores."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
+    if ATOMIC:
+        per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT)
+        k_start = tl.program_id(2) * per_split * BLOCK_K
+        k_stop = tl.minimum(k_start + per_split * BLOCK_K, K)
+    else:  # the whole row from a constant start: the unsplit loop compiles as before split-K existed
+        k_start = 0
+        k_stop = K
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, k_stop, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
                     other=0.0)
         w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_n[None, :] & mask_k[:, None],
                     other=0)  # [BLOCK_K, BLOCK_N]
-        acc += tl.dot(x, w.to(x.dtype), out_dtype=tl.float32)
+        if EMULATE:  # the interpreter's dot misreads 16-bit tiles converted in registers; bf16/fp16 are f32-exact
+            acc += tl.dot(x.to(tl.float32), w.to(tl.float32), out_dtype=tl.float32)
+        else:
+            acc += tl.dot(x, w.to(x.dtype), out_dtype=tl.float32)
     acc = acc * tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-             mask=mask_m[:, None] & mask_n[None, :])
+    tile_ok = mask_m[:, None] & mask_n[None, :]
+    if ATOMIC:
+        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
+        tl.atomic_add(ws_tile, acc, mask=tile_ok, sem="relaxed")
+        tl.debug_barrier()  # every thread's partial sums are issued before the ticket releases them
+        counter = cnt_ptr + pid_n * tl.num_programs(0) + pid_m
+        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+        last = ticket == SPLIT - 1
+        if last:
+            acc = tl.atomic_add(ws_tile, tl.zeros_like(acc), mask=tile_ok, sem="relaxed")
+            tl.store(ws_tile, tl.zeros_like(acc), mask=tile_ok)
+            tl.atomic_xchg(counter, 0, sem="relaxed")
+    else:
+        last = True
+    if last:
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
+        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+                 mask=tile_ok)
 
 
 # -------------------------------------------------------------------------------------------------------- int4
@@ -466,6 +496,11 @@ def int8_gemv_variant(k: int, n: int) -> str:
 # 2.2x and 1.8x (docs/results/2026-11-27-h100-batched-32-64-sweep.txt).
 W8_BATCHED_M = 64
 _W8_BATCHED_TILES = ((16, (16, 32, 256, 4, 4)), (32, (32, 32, 128, 4, 4)), (64, (32, 64, 128, 4, 4)))
+# Narrow layers split K so that about this many programs run, per row count (W8_BATCHED_SPLIT_TARGET, when set,
+# overrides it for all; SAMBAY_W8_GEMM_SPLIT too). H100 sweep over 264-800: 264 best at 8 and 16 rows, 528 at 32
+# and 64 (docs/results/2026-11-27-h100-int8-batched-split-k.txt).
+_W8_BATCHED_SPLIT = ((16, 264), (64, 528))
+W8_BATCHED_SPLIT_TARGET = None
 
 
 def w8_batched_tiles(m: int) -> tuple[int, int, int, int, int] | None:
@@ -475,6 +510,12 @@ def w8_batched_tiles(m: int) -> tuple[int, int, int, int, int] | None:
         if m <= rows:
             return tiles
     return None
+
+
+def w8_batched_split_target(m: int) -> int:
+    if W8_BATCHED_SPLIT_TARGET is not None:
+        return W8_BATCHED_SPLIT_TARGET
+    return next(target for rows, target in _W8_BATCHED_SPLIT if m <= rows or rows == W8_BATCHED_M)
 
 
 def _gemm_blocks(m: int) -> tuple[int, int, int]:
@@ -505,15 +546,22 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if m <= GEMV_MAX_ROWS:
         return w8a16_gemv(x, qweight, scales, bias)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    batched = None if _INTERPRET else w8_batched_tiles(m)
+    batched = w8_batched_tiles(m)
+    if batched is not None and _INTERPRET:
+        batched = (16, 32, 32, 4, 1)  # small tiles: quick in the interpreter
     if batched is not None:  # batched decode: narrow tiles, long K steps, 4 stages (H100 sweeps)
         bm, bn, bk, warps, stages = batched
     else:
         (bm, bn, bk), warps, stages = _gemm_blocks(m), 4, 3
-    grid = (triton.cdiv(m, bm), triton.cdiv(n, bn))
-    _w8_gemm_kernel[grid](x2, qweight, scales, bias if bias is not None else scales, y, m, n, k, x2.stride(0),
-                          qweight.stride(0), y.stride(0), HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn,
-                          BLOCK_K=bk, num_warps=warps, num_stages=stages)
+    grid_m, grid_n = triton.cdiv(m, bm), triton.cdiv(n, bn)
+    split = 1
+    if batched is not None:  # narrow layers split K (as the int4 batched GEMM)
+        split = batched_split(grid_m * grid_n, triton.cdiv(k, bk), w8_batched_split_target(m), "SAMBAY_W8_GEMM_SPLIT")
+    split, partials, tickets = triton_gemv.split_buffers(x.device, split, m * n, grid_m * grid_n, y)
+    _w8_gemm_kernel[(grid_m, grid_n, split)](
+        x2, qweight, scales, bias if bias is not None else scales, y, partials, tickets, m, n, k, x2.stride(0),
+        qweight.stride(0), y.stride(0), split, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
+        ATOMIC=split > 1, EMULATE=_INTERPRET, num_warps=warps, num_stages=stages)
     return y.reshape(*lead, n)
 
 
@@ -588,7 +636,7 @@ _W4_SMALL_LAUNCH = ((16, (16, 32, 4, 3)), (32, (16, 64, 4, 3)), (64, (32, 64, 4,
 # Narrow layers (few output-row blocks, long K: the 10240-input fc2 has 40-80) leave SMs idle; they split K so that
 # about W4_SMALL_SPLIT_TARGET programs run.
 W4_SMALL_SPLIT_TARGET = 528
-W4_SMALL_SPLIT_MIN_GROUPS = 2
+BATCHED_SPLIT_MIN_STEPS = 2  # K steps (int4: groups) per program at least
 
 
 def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
@@ -603,14 +651,14 @@ def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
     return next(cfg for rows, cfg in _W4_SMALL_LAUNCH if m <= rows or rows == W4_SMALL_M)
 
 
-def w4_gemm_small_split(tiles: int, groups: int) -> int:
-    """K-splits of the batched-decode int4 GEMM for a launch of ``tiles`` (n-block, m-block) programs over ``groups``
-    groups: enough for about W4_SMALL_SPLIT_TARGET programs, each keeping at least W4_SMALL_SPLIT_MIN_GROUPS groups;
-    SAMBAY_W4_GEMM_SMALL_SPLIT="target" overrides the target (0: never split)."""
-    target = int(os.environ.get("SAMBAY_W4_GEMM_SMALL_SPLIT", W4_SMALL_SPLIT_TARGET))
+def batched_split(tiles: int, steps: int, target: int, env: str) -> int:
+    """K-splits of a batched-decode GEMM launch of ``tiles`` (m-block, n-block) programs over ``steps`` K steps:
+    enough for about ``target`` programs, each keeping at least BATCHED_SPLIT_MIN_STEPS steps; the environment
+    variable ``env`` overrides the target (0: never split)."""
+    target = int(os.environ.get(env, target))
     if target <= tiles:
         return 1
-    return max(1, min(triton.cdiv(target, tiles), groups // W4_SMALL_SPLIT_MIN_GROUPS))
+    return max(1, min(triton.cdiv(target, tiles), steps // BATCHED_SPLIT_MIN_STEPS))
 
 
 def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -621,7 +669,7 @@ def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     words = qweight.view(torch.int32)
     grid_n, grid_m = triton.cdiv(n, bn), triton.cdiv(m, bm)
-    split = w4_gemm_small_split(grid_n * grid_m, k // group_size)
+    split = batched_split(grid_n * grid_m, k // group_size, W4_SMALL_SPLIT_TARGET, "SAMBAY_W4_GEMM_SMALL_SPLIT")
     split, partials, tickets = triton_gemv.split_buffers(x2.device, split, m * n, grid_n * grid_m, y)
     _w4_gemm_small_kernel[(grid_n, grid_m, split)](
         x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, partials,
