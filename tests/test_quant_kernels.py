@@ -237,6 +237,24 @@ def test_w4a16_batched_rows_gemm(n, k, group, rows, symmetric):
     assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
 
 
+@pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 384, 128, 20, False), (72, 256, 128, 64, True),
+                                                        (40, 256, 64, 40, True)])
+def test_w4a16_batched_rows_wide_gemm(monkeypatch, n, k, group, rows, symmetric):
+    """17–64 rows on a wide layer (the threshold lowered to these shapes) take the transposed batched GEMM: ragged
+    tiles, bias, within the bf16 bound of the float32 reference."""
+    monkeypatch.setattr(tk, "W4_WIDE_MIN_N", 32)
+    assert tk.w4_gemm_wide_config(rows, n) is not None and tk.w4_gemm_wide_config(16, n) is None
+    torch.manual_seed(n + rows)
+    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
+    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
+    ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
+    z = q.zeros.to(DEV) if q.zeros is not None else None
+    y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,
+                        bias.to(DEV), interleaved=True)
+    assert y.shape == (rows, n) and y.dtype == torch.bfloat16
+    assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+
+
 @pytest.mark.parametrize("rows,group,symmetric", [(7, 128, False), (33, 128, True), (12, 64, True)])
 def test_w4a16_batched_rows_gemm_split_k(monkeypatch, rows, group, symmetric):
     """The batched-decode int4 GEMM split over K (forced by a high program target): partial tiles meet in the
@@ -373,6 +391,38 @@ def test_3d_input_and_dispatch_seam(monkeypatch):
     out = layer(x)
     assert out.shape == (2, 3, 24)
     assert _rel(out, ref) < (1e-5 if not ON_GPU else 2e-3)
+
+
+@pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
+def test_gpu_batched_split_k_in_cuda_graph():
+    """Batched decode (24 rows) on a narrow, long layer — the int4 and int8 batched GEMMs split K — captured in a CUDA
+    graph after an eager call (which sized the workspace): replays give the right product for new inputs, and the
+    workspace and tickets are clean after each replay."""
+    from sambay_cli.kernels import triton_gemv
+
+    torch.manual_seed(3)
+    n, k = 256, 8192
+    w = torch.randn(n, k, device=DEV) * 0.02
+    q4, q8 = formats.quantize_int4(w, 128), formats.quantize_int8(w.bfloat16())
+    qi = formats.interleave_int4(q4.qweight, 128)
+    x = torch.randn(24, k, device=DEV, dtype=torch.bfloat16)
+    calls = {"int4": lambda: tk.w4a16_linear(x, qi, q4.scales, q4.zeros, 128, None, interleaved=True),
+             "int8": lambda: tk.w8a16_linear(x, q8.qweight, q8.scales, None)}
+    weights = {"int4": formats.dequantize_int4(q4).float(),
+               "int8": formats.dequantize_int8(q8.qweight, q8.scales).float()}
+    for name, call in calls.items():
+        call()  # eager: compiles, sizes the split-K workspace
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            y = call()
+        for scale in (1.0, -3.0):
+            x.copy_(torch.randn_like(x) * scale)
+            graph.replay()
+            torch.cuda.synchronize()
+            ref = x.float() @ weights[name].T
+            assert _rel(y, ref) < 1e-2, name
+            ws, tickets = triton_gemv.splitk_workspace(x.device, 1, 1)
+            assert not ws.any() and not tickets.any(), name
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")

@@ -373,6 +373,46 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_
 
 
 @triton.jit
+def _w4_gemm_wide_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
+                         GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
+                         BLOCK_N: tl.constexpr, EMULATE: tl.constexpr = False):
+    """_w4_gemm_small_kernel with the product transposed, yᵀ = W·xᵀ: the register-decoded weight tile is the dot's
+    first operand, which Hopper's wgmma reads from registers (the other orientation needs it in shared memory and
+    compiles to the older mma). Faster on the wide layers (many output-row blocks, no split) at 17–64 rows."""
+    WPG: tl.constexpr = GROUP // 8
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    mask_n = offs_n < N
+    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
+    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    mask_m = offs_m < M
+    offs_j = tl.arange(0, WPG)
+    offs_c = tl.arange(0, 2 * WPG)
+    w_rows = w_ptr + rows[:, None] * stride_wn + offs_j[None, :]
+    x_cols = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_c[:, None]  # [2·WPG, BLOCK_M]: xᵀ
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    for g in range(0, K // GROUP):
+        words = tl.load(w_rows + g * WPG)
+        scale = tl.load(s_ptr + rows * stride_sn + g)
+        if HAS_ZEROS:
+            zero = tl.load(z_ptr + rows * stride_sn + g).to(tl.int32)
+        else:
+            zero = tl.full((BLOCK_N,), 8, tl.int32)
+        for q in tl.static_range(4):
+            w_q = _w4_scaled_pairs(words, zero[:, None], scale[:, None], q, EMULATE)  # [BLOCK_N, 2·WPG] bf16
+            x_q = tl.load(x_cols + g * GROUP + q * 2 * WPG, mask=mask_m[None, :], other=0.0)
+            if EMULATE:  # the interpreter's dot misreads bf16 tiles built in registers; the values are bf16-exact
+                acc += tl.dot(w_q.to(tl.float32), x_q.to(tl.float32), out_dtype=tl.float32)
+            else:
+                acc += tl.dot(w_q, x_q, out_dtype=tl.float32)
+    if HAS_BIAS:
+        acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+    tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], acc.to(y_ptr.dtype.element_ty),
+             mask=mask_m[None, :] & mask_n[:, None])
+
+
+@triton.jit
 def _w4_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
                     GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
                     BLOCK_N: tl.constexpr, BLOCK_KH: tl.constexpr, INTERLEAVED: tl.constexpr = False):
@@ -651,6 +691,28 @@ def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
     return next(cfg for rows, cfg in _W4_SMALL_LAUNCH if m <= rows or rows == W4_SMALL_M)
 
 
+# Wide layers (at least W4_WIDE_MIN_N output rows) at 17-64 rows take _w4_gemm_wide_kernel: (activation rows per
+# tile, output rows per program, warps, stages) per row count, from the H100 sweep of the transposed product
+# (docs/results/2026-11-27-h100-batched-wgmma-operand-experiment.txt: fc1 at 64 rows 27.7 against 40.3 us).
+W4_WIDE_MIN_N = 8192
+_W4_WIDE_LAUNCH = ((16, None), (32, (32, 64, 4, 3)), (64, (64, 128, 8, 3)))
+
+
+def w4_gemm_wide_config(m: int, n: int) -> tuple[int, int, int, int] | None:
+    """The transposed batched int4 GEMM's launch for ``m`` rows and ``n`` outputs, or None (the other kernel);
+    SAMBAY_W4_GEMM_WIDE=0 turns it off, "block_m,rows,warps,stages" sets the launch."""
+    override = os.environ.get("SAMBAY_W4_GEMM_WIDE", "")
+    if override == "0" or n < W4_WIDE_MIN_N:
+        return None
+    cfg = next((c for rows, c in _W4_WIDE_LAUNCH if m <= rows), None)
+    if cfg is None:
+        return None
+    if override:
+        bm, bn, nw, ns = (int(v) for v in override.split(","))
+        return bm, bn, nw, ns
+    return (16, 16, 1, 1) if _INTERPRET else cfg
+
+
 def batched_split(tiles: int, steps: int, target: int, env: str) -> int:
     """K-splits of a batched-decode GEMM launch of ``tiles`` (m-block, n-block) programs over ``steps`` K steps:
     enough for about ``target`` programs, each keeping at least BATCHED_SPLIT_MIN_STEPS steps; the environment
@@ -665,9 +727,18 @@ def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
                    group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
     m, k = x2.shape
     n = qweight.shape[0]
-    bm, bn, nw, ns = w4_gemm_small_config(m)
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     words = qweight.view(torch.int32)
+    wide = w4_gemm_wide_config(m, n)
+    if wide is not None:
+        bm, bn, nw, ns = wide
+        _w4_gemm_wide_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
+            x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, m, n,
+            k, x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), GROUP=group_size,
+            HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, EMULATE=_INTERPRET,
+            num_warps=nw, num_stages=ns)
+        return y
+    bm, bn, nw, ns = w4_gemm_small_config(m)
     grid_n, grid_m = triton.cdiv(n, bn), triton.cdiv(m, bm)
     split = batched_split(grid_n * grid_m, k // group_size, W4_SMALL_SPLIT_TARGET, "SAMBAY_W4_GEMM_SMALL_SPLIT")
     split, partials, tickets = triton_gemv.split_buffers(x2.device, split, m * n, grid_n * grid_m, y)
