@@ -218,6 +218,21 @@ def test_w4a16_gemv_bf16x2_error_bound():
     assert _rel(y, ref) < 0.1 * _rel(x.float() @ w.T, ref)
 
 
+def _check_int4_rows(n, k, group, rows, symmetric, calls=1):
+    """w4a16_linear on interleaved weights, bf16 activations and bias, ``calls`` times: shape, dtype, and within the
+    bf16 bound of the float32 reference (weights and output rounded to bf16)."""
+    torch.manual_seed(n + rows)
+    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
+    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
+    ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
+    z = q.zeros.to(DEV) if q.zeros is not None else None
+    for _ in range(calls):
+        y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,
+                            bias.to(DEV), interleaved=True)
+        assert y.shape == (rows, n) and y.dtype == torch.bfloat16
+        assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+
+
 @pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 512, 64, 13, True), (9, 256, 128, 16, False),
                                                         (17, 384, 128, 5, False), (24, 256, 128, 33, False),
                                                         (40, 256, 64, 64, True), (40, 512, 64, 7, False),
@@ -226,15 +241,7 @@ def test_w4a16_batched_rows_gemm(n, k, group, rows, symmetric):
     """Batched decode (5–64 bf16 rows, several activation tiles) on word-interleaved weights takes the tensor-core GEMM that decodes each
     group in registers: ragged output rows, an odd group count, bias; within the bf16 bound of the float32
     reference (weights and output rounded to bf16)."""
-    torch.manual_seed(n + rows)
-    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
-    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
-    ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
-    z = q.zeros.to(DEV) if q.zeros is not None else None
-    y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,
-                        bias.to(DEV), interleaved=True)
-    assert y.shape == (rows, n) and y.dtype == torch.bfloat16
-    assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+    _check_int4_rows(n, k, group, rows, symmetric)
 
 
 @pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 384, 128, 20, False), (72, 256, 128, 64, True),
@@ -244,15 +251,7 @@ def test_w4a16_batched_rows_wide_gemm(monkeypatch, n, k, group, rows, symmetric)
     tiles, bias, within the bf16 bound of the float32 reference."""
     monkeypatch.setattr(tk, "W4_WIDE_MIN_N", 32)
     assert tk.w4_gemm_wide_config(rows, n) is not None and tk.w4_gemm_wide_config(16, n) is None
-    torch.manual_seed(n + rows)
-    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
-    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
-    ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
-    z = q.zeros.to(DEV) if q.zeros is not None else None
-    y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,
-                        bias.to(DEV), interleaved=True)
-    assert y.shape == (rows, n) and y.dtype == torch.bfloat16
-    assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+    _check_int4_rows(n, k, group, rows, symmetric)
 
 
 @pytest.mark.parametrize("rows,group,symmetric", [(7, 128, False), (33, 128, True), (12, 64, True)])
@@ -266,17 +265,9 @@ def test_w4a16_batched_rows_gemm_split_k(monkeypatch, rows, group, symmetric):
     splits = []
     real = triton_gemv.split_buffers
     monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
-    torch.manual_seed(rows)
     n, k = 40, 8 * group
-    q = formats.quantize_int4(torch.randn(n, k), group, symmetric)
-    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
-    ref = x.float() @ formats.dequantize_int4(q).T + bias.float()
     assert tk.batched_split(6, k // group, tk.W4_SMALL_SPLIT_TARGET, "SAMBAY_W4_GEMM_SMALL_SPLIT") == 4
-    z = q.zeros.to(DEV) if q.zeros is not None else None
-    for _ in range(2):
-        y = tk.w4a16_linear(x.to(DEV), formats.interleave_int4(q.qweight, group).to(DEV), q.scales.to(DEV), z, group,
-                            bias.to(DEV), interleaved=True)
-        assert _rel(y.float().cpu(), ref) < (2.5 if ON_GPU else 3.5) * _rel(ref.bfloat16().float(), ref)
+    _check_int4_rows(n, k, group, rows, symmetric, calls=2)
     assert splits == [4, 4]
     ws, tickets = triton_gemv.splitk_workspace(torch.device(DEV), 1, 1)
     assert not ws.any() and not tickets.any()

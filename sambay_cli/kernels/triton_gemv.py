@@ -102,6 +102,23 @@ def splitk_total(out, up, ws_ptr, cnt_ptr, offs_n, mask_n, row, N, SPLIT, DUAL: 
     return ticket == SPLIT - 1, out, up
 
 
+@triton.jit
+def splitk_tile_total(acc, ws_tile, tile_ok, counter, SPLIT):
+    """Split-K reduction of a GEMM output tile (the batched-decode int8 / int4 GEMMs): every program adds its float32
+    partial tile into the workspace (``ws_tile``: the tile's addresses in an [M, N] float32 buffer) and takes a ticket
+    from ``counter`` (one per tile); returns (last, acc) where ``last`` is true for the program that arrived last — it
+    got the totals back and has zeroed the workspace entries and the counter, so the next call (or graph replay)
+    finds them clean."""
+    tl.atomic_add(ws_tile, acc, mask=tile_ok, sem="relaxed")
+    tl.debug_barrier()  # every thread's partial sums are issued before the ticket releases them
+    ticket = tl.atomic_add(counter, 1, sem="acq_rel")
+    if ticket == SPLIT - 1:
+        acc = tl.atomic_add(ws_tile, tl.zeros_like(acc), mask=tile_ok, sem="relaxed")
+        tl.store(ws_tile, tl.zeros_like(acc), mask=tile_ok)
+        tl.atomic_xchg(counter, 0, sem="relaxed")
+    return ticket == SPLIT - 1, acc
+
+
 _WORKSPACES: dict = {}
 
 

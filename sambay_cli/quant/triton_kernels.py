@@ -69,16 +69,8 @@ def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
     acc = acc * tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
     tile_ok = mask_m[:, None] & mask_n[None, :]
     if ATOMIC:
-        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.atomic_add(ws_tile, acc, mask=tile_ok, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial sums are issued before the ticket releases them
-        counter = cnt_ptr + pid_n * tl.num_programs(0) + pid_m
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
-        last = ticket == SPLIT - 1
-        if last:
-            acc = tl.atomic_add(ws_tile, tl.zeros_like(acc), mask=tile_ok, sem="relaxed")
-            tl.store(ws_tile, tl.zeros_like(acc), mask=tile_ok)
-            tl.atomic_xchg(counter, 0, sem="relaxed")
+        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], tile_ok,
+                                                  cnt_ptr + pid_n * tl.num_programs(0) + pid_m, SPLIT)
     else:
         last = True
     if last:
@@ -353,16 +345,8 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_
                 acc += tl.dot(x_q, tl.trans(w_q), out_dtype=tl.float32)
     tile_ok = mask_m[:, None] & mask_n[None, :]
     if ATOMIC:
-        ws_tile = ws_ptr + offs_m[:, None] * N + offs_n[None, :]
-        tl.atomic_add(ws_tile, acc, mask=tile_ok, sem="relaxed")
-        tl.debug_barrier()  # every thread's partial sums are issued before the ticket releases them
-        counter = cnt_ptr + pid_m * tl.num_programs(0) + pid_n
-        ticket = tl.atomic_add(counter, 1, sem="acq_rel")
-        last = ticket == SPLIT - 1
-        if last:
-            acc = tl.atomic_add(ws_tile, tl.zeros_like(acc), mask=tile_ok, sem="relaxed")
-            tl.store(ws_tile, tl.zeros_like(acc), mask=tile_ok)
-            tl.atomic_xchg(counter, 0, sem="relaxed")
+        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], tile_ok,
+                                                  cnt_ptr + pid_m * tl.num_programs(0) + pid_n, SPLIT)
     else:
         last = True
     if last:
