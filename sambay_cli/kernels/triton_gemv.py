@@ -78,6 +78,20 @@ def _load_x(x_row, ks, K, EVEN_K: tl.constexpr):
 
 
 @triton.jit
+def splitk_range(K, STEP: tl.constexpr, SPLIT, ATOMIC: tl.constexpr):
+    """[start, stop) of this program's share (program_id(2) of SPLIT) of a K loop in steps of STEP. Without ATOMIC the
+    whole of it from a constant 0, so an unsplit loop compiles as it would without split-K."""
+    if ATOMIC:
+        per_split = tl.cdiv(tl.cdiv(K, STEP), SPLIT)
+        start = tl.program_id(2) * per_split * STEP
+        stop = tl.minimum(start + per_split * STEP, K)
+    else:
+        start = 0
+        stop = K
+    return start, stop
+
+
+@triton.jit
 def splitk_total(out, up, ws_ptr, cnt_ptr, offs_n, mask_n, row, N, SPLIT, DUAL: tl.constexpr):
     """Split-K reduction of a GEMV row block: every program adds its float32 partial sums (``out``, and ``up`` for a
     [gate | up] weight, DUAL) into the workspace and takes a ticket; returns (last, out, up) where ``last`` is true for
@@ -157,13 +171,7 @@ def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K
     """Program (row block, activation row, k-split): BLOCK_N rows over its share of the K steps; with SPLIT > 1
     (ATOMIC) the partial sums meet in the split-K workspace and the last program of the row block runs the
     epilogue."""
-    if ATOMIC:
-        per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT)
-        k_start = tl.program_id(2) * per_split * BLOCK_K
-        k_stop = tl.minimum(k_start + per_split * BLOCK_K, K)
-    else:  # the whole row from a constant start: the unsplit loop compiles as before split-K existed
-        k_start = 0
-        k_stop = K
+    k_start, k_stop = splitk_range(K, BLOCK_K, SPLIT, ATOMIC)
     if WORDS:  # int8 codes as 32-bit words (K a multiple of BLOCK_K, itself of 4)
         out, up = _gemv_words(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, EPILOGUE, BLOCK_N,
                               BLOCK_K // 4)

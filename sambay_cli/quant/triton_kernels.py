@@ -7,7 +7,8 @@
   in packed bfloat16x2 arithmetic, others in float32; narrow layers split the input dimension across programs
   (split-K through a self-cleaning float32 workspace).
 * Batched decode (up to 64 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles; int4 (bf16 activations) a
-  tensor-core GEMM that decodes each group into bf16 tiles in registers (``_w4_gemm_small_kernel``).
+  tensor-core GEMM that decodes each group into bf16 tiles in registers (``_w4_gemm_small_kernel``, transposed for
+  wide layers at 17-64 rows); both split narrow layers over K through the same workspace.
 * Prefill: int8 runs the tiled GEMM; int4 dequantizes the layer into a reused scratch buffer
   (``_w4_dequant_kernel``) and calls the vendor matmul. A fused byte-wise int4 GEMM (low/high nibble halves dotted
   with gathered activation columns) serves what the other paths cannot (decode on file-order bytes, groups not a
@@ -47,13 +48,7 @@ def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_m = offs_m < M
     mask_n = offs_n < N
-    if ATOMIC:
-        per_split = tl.cdiv(tl.cdiv(K, BLOCK_K), SPLIT)
-        k_start = tl.program_id(2) * per_split * BLOCK_K
-        k_stop = tl.minimum(k_start + per_split * BLOCK_K, K)
-    else:  # the whole row from a constant start: the unsplit loop compiles as before split-K existed
-        k_start = 0
-        k_stop = K
+    k_start, k_stop = triton_gemv.splitk_range(K, BLOCK_K, SPLIT, ATOMIC)
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     for k0 in range(k_start, k_stop, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -301,13 +296,18 @@ def _w4_scaled_pairs(w, zero, scale, q: tl.constexpr, EMULATE: tl.constexpr):
 def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn,
                           stride_sn, stride_ym, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
                           HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          EMULATE: tl.constexpr = False, ATOMIC: tl.constexpr = False):
+                          EMULATE: tl.constexpr = False, ATOMIC: tl.constexpr = False,
+                          TRANSPOSED: tl.constexpr = False):
     """W4A16 for a few bf16 activation rows (batched decode) on word-interleaved weights, on tensor cores: each group
     of BLOCK_N rows is decoded in registers into four bf16 [BLOCK_N, G/4] tiles in natural column order
     (_w4_scaled_pairs) and dotted with the matching contiguous activation columns. With SPLIT > 1 (ATOMIC) program
     (n-block, m-block, split) covers 1/SPLIT of the groups; the tiles meet in the float32 split-K workspace ([M, N],
     zero between calls) and the last program of a tile (ticket per tile) reads the totals back, zeroes the workspace
-    and its ticket, and stores."""
+    and its ticket, and stores.
+
+    TRANSPOSED computes yᵀ = W·xᵀ: the decoded weight tile becomes the dot's first operand, which Hopper's wgmma
+    reads from registers (the other orientation needs it in shared memory and compiles to the older mma). Faster on
+    the wide layers (many output-row blocks, no split) at 17–64 rows."""
     WPG: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -319,16 +319,15 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_
     offs_j = tl.arange(0, WPG)
     offs_c = tl.arange(0, 2 * WPG)
     w_rows = w_ptr + rows[:, None] * stride_wn + offs_j[None, :]
-    x_rows = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_c[None, :]
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    groups = K // GROUP
-    if ATOMIC:
-        per_split = tl.cdiv(groups, SPLIT)
-        g_start = tl.program_id(2) * per_split
-        g_stop = tl.minimum(g_start + per_split, groups)
-    else:  # all groups from a constant start: the unsplit loop compiles as before split-K existed
-        g_start = 0
-        g_stop = groups
+    if TRANSPOSED:  # tiles [output rows, activation rows]
+        x_tile = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_c[:, None]  # [2·WPG, BLOCK_M]: xᵀ
+        x_ok = mask_m[None, :]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+    else:  # tiles [activation rows, output rows]
+        x_tile = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_c[None, :]
+        x_ok = mask_m[:, None]
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    g_start, g_stop = triton_gemv.splitk_range(K // GROUP, 1, SPLIT, ATOMIC)
     for g in range(g_start, g_stop):
         words = tl.load(w_rows + g * WPG)
         scale = tl.load(s_ptr + rows * stride_sn + g)
@@ -338,62 +337,33 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_
             zero = tl.full((BLOCK_N,), 8, tl.int32)
         for q in tl.static_range(4):
             w_q = _w4_scaled_pairs(words, zero[:, None], scale[:, None], q, EMULATE)  # [BLOCK_N, 2·WPG] bf16
-            x_q = tl.load(x_rows + g * GROUP + q * 2 * WPG, mask=mask_m[:, None], other=0.0)
+            x_q = tl.load(x_tile + g * GROUP + q * 2 * WPG, mask=x_ok, other=0.0)
             if EMULATE:  # the interpreter's dot misreads bf16 tiles built in registers; the values are bf16-exact
-                acc += tl.dot(x_q.to(tl.float32), tl.trans(w_q.to(tl.float32)), out_dtype=tl.float32)
+                w_q = w_q.to(tl.float32)
+                x_q = x_q.to(tl.float32)
+            if TRANSPOSED:
+                acc += tl.dot(w_q, x_q, out_dtype=tl.float32)
             else:
                 acc += tl.dot(x_q, tl.trans(w_q), out_dtype=tl.float32)
-    tile_ok = mask_m[:, None] & mask_n[None, :]
+    if TRANSPOSED:  # the output tile's [rows, columns] of y as [N, M] and as [M, N]
+        m_at, n_at = offs_m[None, :], offs_n[:, None]
+        tile_ok = mask_m[None, :] & mask_n[:, None]
+    else:
+        m_at, n_at = offs_m[:, None], offs_n[None, :]
+        tile_ok = mask_m[:, None] & mask_n[None, :]
     if ATOMIC:
-        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], tile_ok,
+        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + m_at * N + n_at, tile_ok,
                                                   cnt_ptr + pid_m * tl.num_programs(0) + pid_n, SPLIT)
     else:
         last = True
     if last:
         if HAS_BIAS:
-            acc += tl.load(b_ptr + rows).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=tile_ok)
-
-
-@triton.jit
-def _w4_gemm_wide_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, M, N, K, stride_xm, stride_wn, stride_sn, stride_ym,
-                         GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr,
-                         BLOCK_N: tl.constexpr, EMULATE: tl.constexpr = False):
-    """_w4_gemm_small_kernel with the product transposed, yᵀ = W·xᵀ: the register-decoded weight tile is the dot's
-    first operand, which Hopper's wgmma reads from registers (the other orientation needs it in shared memory and
-    compiles to the older mma). Faster on the wide layers (many output-row blocks, no split) at 17–64 rows."""
-    WPG: tl.constexpr = GROUP // 8
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    mask_n = offs_n < N
-    rows = tl.minimum(offs_n, N - 1).to(tl.int64)
-    offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask_m = offs_m < M
-    offs_j = tl.arange(0, WPG)
-    offs_c = tl.arange(0, 2 * WPG)
-    w_rows = w_ptr + rows[:, None] * stride_wn + offs_j[None, :]
-    x_cols = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_c[:, None]  # [2·WPG, BLOCK_M]: xᵀ
-    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    for g in range(0, K // GROUP):
-        words = tl.load(w_rows + g * WPG)
-        scale = tl.load(s_ptr + rows * stride_sn + g)
-        if HAS_ZEROS:
-            zero = tl.load(z_ptr + rows * stride_sn + g).to(tl.int32)
-        else:
-            zero = tl.full((BLOCK_N,), 8, tl.int32)
-        for q in tl.static_range(4):
-            w_q = _w4_scaled_pairs(words, zero[:, None], scale[:, None], q, EMULATE)  # [BLOCK_N, 2·WPG] bf16
-            x_q = tl.load(x_cols + g * GROUP + q * 2 * WPG, mask=mask_m[None, :], other=0.0)
-            if EMULATE:  # the interpreter's dot misreads bf16 tiles built in registers; the values are bf16-exact
-                acc += tl.dot(w_q.to(tl.float32), x_q.to(tl.float32), out_dtype=tl.float32)
+            bias = tl.load(b_ptr + rows).to(tl.float32)
+            if TRANSPOSED:
+                acc += bias[:, None]
             else:
-                acc += tl.dot(w_q, x_q, out_dtype=tl.float32)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
-    tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], acc.to(y_ptr.dtype.element_ty),
-             mask=mask_m[None, :] & mask_n[:, None])
+                acc += bias[None, :]
+        tl.store(y_ptr + m_at * stride_ym + n_at, acc.to(y_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
@@ -675,8 +645,8 @@ def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
     return next(cfg for rows, cfg in _W4_SMALL_LAUNCH if m <= rows or rows == W4_SMALL_M)
 
 
-# Wide layers (at least W4_WIDE_MIN_N output rows) at 17-64 rows take _w4_gemm_wide_kernel: (activation rows per
-# tile, output rows per program, warps, stages) per row count, from the H100 sweep of the transposed product
+# Wide layers (at least W4_WIDE_MIN_N output rows) at 17-64 rows take the TRANSPOSED _w4_gemm_small_kernel, unsplit:
+# (activation rows per tile, output rows per program, warps, stages) per row count, from the H100 sweep of the transposed product
 # (docs/results/2026-11-27-h100-batched-wgmma-operand-experiment.txt: fc1 at 64 rows 27.7 against 40.3 us).
 W4_WIDE_MIN_N = 8192
 _W4_WIDE_LAUNCH = ((16, None), (32, (32, 64, 4, 3)), (64, (64, 128, 8, 3)))
@@ -714,23 +684,16 @@ def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     words = qweight.view(torch.int32)
     wide = w4_gemm_wide_config(m, n)
-    if wide is not None:
-        bm, bn, nw, ns = wide
-        _w4_gemm_wide_kernel[(triton.cdiv(n, bn), triton.cdiv(m, bm))](
-            x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, m, n,
-            k, x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), GROUP=group_size,
-            HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, EMULATE=_INTERPRET,
-            num_warps=nw, num_stages=ns)
-        return y
-    bm, bn, nw, ns = w4_gemm_small_config(m)
+    bm, bn, nw, ns = wide if wide is not None else w4_gemm_small_config(m)
     grid_n, grid_m = triton.cdiv(n, bn), triton.cdiv(m, bm)
-    split = batched_split(grid_n * grid_m, k // group_size, W4_SMALL_SPLIT_TARGET, "SAMBAY_W4_GEMM_SMALL_SPLIT")
+    split = 1 if wide is not None else batched_split(grid_n * grid_m, k // group_size, W4_SMALL_SPLIT_TARGET,
+                                                    "SAMBAY_W4_GEMM_SMALL_SPLIT")
     split, partials, tickets = triton_gemv.split_buffers(x2.device, split, m * n, grid_n * grid_m, y)
     _w4_gemm_small_kernel[(grid_n, grid_m, split)](
         x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, partials,
         tickets, m, n, k, x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), split, GROUP=group_size,
         HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, EMULATE=_INTERPRET,
-        ATOMIC=split > 1, num_warps=nw, num_stages=ns)
+        ATOMIC=split > 1, TRANSPOSED=wide is not None, num_warps=nw, num_stages=ns)
     return y
 
 
