@@ -28,9 +28,9 @@ def _rel(a, b) -> float:
 
 
 @pytest.mark.parametrize("rows, k", [(1, 80), (3, 80), (21, 80), (1, 256), (2, 256), (9, 80), (16, 600), (40, 300),
-                                     (70, 80)])
+                                     (70, 80), (140, 80)])
 def test_w8a16_matches_reference(rows, k):
-    """GEMV (≤ 4 rows), batched-decode GEMM (5–64 rows, three tile sets; K shorter than and not a multiple of the
+    """GEMV (≤ 4 rows), batched-decode GEMM (5–128 rows, four tile sets; K shorter than and not a multiple of the
     K step) and prefill GEMM paths, float32 activations."""
     torch.manual_seed(rows)
     n = 48
@@ -43,7 +43,7 @@ def test_w8a16_matches_reference(rows, k):
     assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
-@pytest.mark.parametrize("rows, k", [(6, 1100), (40, 1100)])
+@pytest.mark.parametrize("rows, k", [(6, 1100), (40, 1100), (100, 1100)])
 def test_w8a16_batched_gemm_split_k(monkeypatch, rows, k):
     """The batched-decode int8 GEMM split over K (forced by a high program target), bf16 activations: partial tiles
     meet in the split-K workspace; right twice in a row, workspace and tickets zero afterwards."""
@@ -236,22 +236,50 @@ def _check_int4_rows(n, k, group, rows, symmetric, calls=1):
 @pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 512, 64, 13, True), (9, 256, 128, 16, False),
                                                         (17, 384, 128, 5, False), (24, 256, 128, 33, False),
                                                         (40, 256, 64, 64, True), (40, 512, 64, 7, False),
-                                                        (24, 1024, 256, 9, False)])
-def test_w4a16_batched_rows_gemm(n, k, group, rows, symmetric):
-    """Batched decode (5–64 bf16 rows, several activation tiles) on word-interleaved weights takes the tensor-core GEMM that decodes each
-    group in registers: ragged output rows, an odd group count, bias; within the bf16 bound of the float32
-    reference (weights and output rounded to bf16)."""
+                                                        (24, 1024, 256, 9, False), (40, 256, 128, 100, False),
+                                                        (17, 256, 64, 128, True)])
+def test_w4a16_batched_rows_gemm(monkeypatch, n, k, group, rows, symmetric):
+    """Batched decode (5–128 bf16 rows, several activation tiles) on word-interleaved weights takes the tensor-core
+    GEMM that decodes each group in registers (once per call): ragged output rows, an odd group count, bias; within
+    the bf16 bound of the float32 reference (weights and output rounded to bf16)."""
+    calls = []
+    real = tk._w4_batched_gemm
+    monkeypatch.setattr(tk, "_w4_batched_gemm", lambda *a: calls.append(a[0].shape) or real(*a))
     _check_int4_rows(n, k, group, rows, symmetric)
+    assert calls == ([] if group == 64 and not symmetric else [(rows, k)])  # group 64 with zeros: scratch path
 
 
 @pytest.mark.parametrize("n,k,group,rows,symmetric", [(40, 384, 128, 20, False), (72, 256, 128, 64, True),
-                                                        (40, 256, 64, 40, True)])
+                                                        (40, 256, 64, 40, True), (40, 256, 128, 120, False)])
 def test_w4a16_batched_rows_wide_gemm(monkeypatch, n, k, group, rows, symmetric):
-    """17–64 rows on a wide layer (the threshold lowered to these shapes) take the transposed batched GEMM: ragged
-    tiles, bias, within the bf16 bound of the float32 reference."""
+    """17–128 rows on a wide layer (the threshold lowered to these shapes) take the wide layers' launch, which does
+    not split K: ragged tiles, bias, within the bf16 bound of the float32 reference."""
+    from sambay_cli.kernels import triton_gemv
+
     monkeypatch.setattr(tk, "W4_WIDE_MIN_N", 32)
-    assert tk.w4_gemm_wide_config(rows, n) is not None and tk.w4_gemm_wide_config(16, n) is None
+    assert tk.w4_batched_config(rows, n)[4] == 0
+    splits = []
+    real = triton_gemv.split_buffers
+    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
     _check_int4_rows(n, k, group, rows, symmetric)
+    assert splits == [1]
+
+
+def test_w4_batched_launch_tables(monkeypatch):
+    """The batched int4 GEMM's launch table covers GEMV_MAX_ROWS + 1 … W4_BATCHED_M rows in increasing row classes;
+    a layer gets its class's wide or narrow entry by its width (narrow ones always split K); SAMBAY_W4_GEMM_BATCHED
+    overrides all five numbers."""
+    table = tk._W4_BATCHED_LAUNCH
+    assert [rows for rows, _, _ in table] == sorted(rows for rows, _, _ in table)
+    assert table[0][0] > tk.GEMV_MAX_ROWS and table[-1][0] == tk.W4_BATCHED_M
+    previous = tk.GEMV_MAX_ROWS
+    for rows, wide, narrow in table:
+        for m in (previous + 1, rows):
+            assert tk.w4_batched_config(m, tk.W4_WIDE_MIN_N)[4] == wide[4]
+            assert tk.w4_batched_config(m, tk.W4_WIDE_MIN_N - 1)[4] == narrow[4] > 0
+        previous = rows
+    monkeypatch.setenv("SAMBAY_W4_GEMM_BATCHED", "64,64,4,3,100")
+    assert tk.w4_batched_config(40, 2560) == (64, 64, 4, 3, 100)
 
 
 @pytest.mark.parametrize("rows,group,symmetric", [(7, 128, False), (33, 128, True), (12, 64, True)])
@@ -261,12 +289,12 @@ def test_w4a16_batched_rows_gemm_split_k(monkeypatch, rows, group, symmetric):
     afterwards (the next call and graph replays rely on it)."""
     from sambay_cli.kernels import triton_gemv
 
-    monkeypatch.setattr(tk, "W4_SMALL_SPLIT_TARGET", 10_000)
+    monkeypatch.setattr(tk, "W4_BATCHED_SPLIT_TARGET", 10_000)
     splits = []
     real = triton_gemv.split_buffers
     monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
     n, k = 40, 8 * group
-    assert tk.batched_split(6, k // group, tk.W4_SMALL_SPLIT_TARGET, "SAMBAY_W4_GEMM_SMALL_SPLIT") == 4
+    assert tk.batched_split(6, k // group, tk.W4_BATCHED_SPLIT_TARGET) == 4
     _check_int4_rows(n, k, group, rows, symmetric, calls=2)
     assert splits == [4, 4]
     ws, tickets = triton_gemv.splitk_workspace(torch.device(DEV), 1, 1)
@@ -418,14 +446,14 @@ def test_gpu_batched_split_k_in_cuda_graph():
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 def test_gpu_int4_batched_rows_in_cuda_graph(monkeypatch):
-    """80 activation rows (above the batched-decode GEMM's 64) inside a CUDA-graph capture: with the scratch buffer left
+    """W4_BATCHED_M + 16 activation rows (above the batched-decode GEMM) inside a CUDA-graph capture: with the scratch buffer left
     by an eager call the graph dequantizes into it and replays the right product; with no scratch the capture takes
     the fused GEMM and allocates none."""
     torch.manual_seed(2)
     n, k = 512, 1024
     q = formats.quantize_int4(torch.randn(n, k, device=DEV) * 0.02, 128)
     qi = formats.interleave_int4(q.qweight, 128)
-    x = torch.randn(tk.W4_SMALL_M + 16, k, device=DEV, dtype=torch.bfloat16)
+    x = torch.randn(tk.W4_BATCHED_M + 16, k, device=DEV, dtype=torch.bfloat16)
     ref = x.float() @ formats.dequantize_int4(q).T
     for ready in (True, False):
         monkeypatch.setattr(tk, "_SCRATCH", {})
@@ -443,9 +471,9 @@ def test_gpu_int4_batched_rows_in_cuda_graph(monkeypatch):
 
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
-@pytest.mark.parametrize("rows", [1, 4, 300])
+@pytest.mark.parametrize("rows", [1, 4, 24, 100, 128, 300])
 def test_gpu_official_shapes_bf16(rows):
-    """fc2 of the 3.8B (10240 → 2560), bf16 activations, decode and prefill row counts."""
+    """fc2 of the 3.8B (10240 → 2560), bf16 activations, decode, batched-decode and prefill row counts."""
     torch.manual_seed(0)
     n, k = 2560, 10240
     w = torch.randn(n, k, device=DEV) * 0.02

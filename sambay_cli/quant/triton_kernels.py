@@ -6,9 +6,9 @@
   scale. int4 runs its own kernel on the word-interleaved GPU order (``formats.interleave_int4``): bf16 activations
   in packed bfloat16x2 arithmetic, others in float32; narrow layers split the input dimension across programs
   (split-K through a self-cleaning float32 workspace).
-* Batched decode (up to 64 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles; int4 (bf16 activations) a
-  tensor-core GEMM that decodes each group into bf16 tiles in registers (``_w4_gemm_small_kernel``, transposed for
-  wide layers at 17-64 rows); both split narrow layers over K through the same workspace.
+* Batched decode (up to 128 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles; int4 (bf16 activations) a
+  tensor-core GEMM that decodes each group into bf16 tiles in registers as wgmma's register operand
+  (``_w4_batched_gemm_kernel``); both split narrow layers over K through the same workspace.
 * Prefill: int8 runs the tiled GEMM; int4 dequantizes the layer into a reused scratch buffer
   (``_w4_dequant_kernel``) and calls the vendor matmul. A fused byte-wise int4 GEMM (low/high nibble halves dotted
   with gathered activation columns) serves what the other paths cannot (decode on file-order bytes, groups not a
@@ -293,21 +293,18 @@ def _w4_scaled_pairs(w, zero, scale, q: tl.constexpr, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn,
-                          stride_sn, stride_ym, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
-                          HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                          EMULATE: tl.constexpr = False, ATOMIC: tl.constexpr = False,
-                          TRANSPOSED: tl.constexpr = False):
-    """W4A16 for a few bf16 activation rows (batched decode) on word-interleaved weights, on tensor cores: each group
-    of BLOCK_N rows is decoded in registers into four bf16 [BLOCK_N, G/4] tiles in natural column order
-    (_w4_scaled_pairs) and dotted with the matching contiguous activation columns. With SPLIT > 1 (ATOMIC) program
-    (n-block, m-block, split) covers 1/SPLIT of the groups; the tiles meet in the float32 split-K workspace ([M, N],
-    zero between calls) and the last program of a tile (ticket per tile) reads the totals back, zeroes the workspace
-    and its ticket, and stores.
-
-    TRANSPOSED computes yᵀ = W·xᵀ: the decoded weight tile becomes the dot's first operand, which Hopper's wgmma
-    reads from registers (the other orientation needs it in shared memory and compiles to the older mma). Faster on
-    the wide layers (many output-row blocks, no split) at 17–64 rows."""
+def _w4_batched_gemm_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm,
+                            stride_wn, stride_sn, stride_ym, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+                            HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                            EMULATE: tl.constexpr = False, ATOMIC: tl.constexpr = False):
+    """W4A16 for a few bf16 activation rows (batched decode) on word-interleaved weights, on tensor cores, as
+    yᵀ = W·xᵀ: each group of BLOCK_N weight rows is decoded in registers into four bf16 [BLOCK_N, G/4] tiles in
+    natural column order (_w4_scaled_pairs), which are the dot's first operand — Hopper's wgmma reads it from
+    registers, where the other orientation (x·Wᵀ) needs it in shared memory and compiles to the older mma, slower on
+    every 3.8B layer — against the matching contiguous activation columns as [G/4, BLOCK_M] tiles. With SPLIT > 1
+    (ATOMIC) program (n-block, m-block, split) covers 1/SPLIT of the groups; the tiles meet in the float32 split-K
+    workspace ([M, N], zero between calls) and the last program of a tile (ticket per tile) reads the totals back,
+    zeroes the workspace and its ticket, and stores."""
     WPG: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -319,14 +316,8 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_
     offs_j = tl.arange(0, WPG)
     offs_c = tl.arange(0, 2 * WPG)
     w_rows = w_ptr + rows[:, None] * stride_wn + offs_j[None, :]
-    if TRANSPOSED:  # tiles [output rows, activation rows]
-        x_tile = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_c[:, None]  # [2·WPG, BLOCK_M]: xᵀ
-        x_ok = mask_m[None, :]
-        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    else:  # tiles [activation rows, output rows]
-        x_tile = x_ptr + offs_m[:, None].to(tl.int64) * stride_xm + offs_c[None, :]
-        x_ok = mask_m[:, None]
-        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    x_tile = x_ptr + offs_m[None, :].to(tl.int64) * stride_xm + offs_c[:, None]  # [2·WPG, BLOCK_M]: xᵀ
+    acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)  # yᵀ tile: [output rows, activation rows]
     g_start, g_stop = triton_gemv.splitk_range(K // GROUP, 1, SPLIT, ATOMIC)
     for g in range(g_start, g_stop):
         words = tl.load(w_rows + g * WPG)
@@ -337,33 +328,21 @@ def _w4_gemm_small_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, y_ptr, ws_ptr, cnt_
             zero = tl.full((BLOCK_N,), 8, tl.int32)
         for q in tl.static_range(4):
             w_q = _w4_scaled_pairs(words, zero[:, None], scale[:, None], q, EMULATE)  # [BLOCK_N, 2·WPG] bf16
-            x_q = tl.load(x_tile + g * GROUP + q * 2 * WPG, mask=x_ok, other=0.0)
+            x_q = tl.load(x_tile + g * GROUP + q * 2 * WPG, mask=mask_m[None, :], other=0.0)
             if EMULATE:  # the interpreter's dot misreads bf16 tiles built in registers; the values are bf16-exact
                 w_q = w_q.to(tl.float32)
                 x_q = x_q.to(tl.float32)
-            if TRANSPOSED:
-                acc += tl.dot(w_q, x_q, out_dtype=tl.float32)
-            else:
-                acc += tl.dot(x_q, tl.trans(w_q), out_dtype=tl.float32)
-    if TRANSPOSED:  # the output tile's [rows, columns] of y as [N, M] and as [M, N]
-        m_at, n_at = offs_m[None, :], offs_n[:, None]
-        tile_ok = mask_m[None, :] & mask_n[:, None]
-    else:
-        m_at, n_at = offs_m[:, None], offs_n[None, :]
-        tile_ok = mask_m[:, None] & mask_n[None, :]
+            acc += tl.dot(w_q, x_q, out_dtype=tl.float32)
+    tile_ok = mask_n[:, None] & mask_m[None, :]
     if ATOMIC:
-        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + m_at * N + n_at, tile_ok,
+        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + offs_m[None, :] * N + offs_n[:, None], tile_ok,
                                                   cnt_ptr + pid_m * tl.num_programs(0) + pid_n, SPLIT)
     else:
         last = True
     if last:
         if HAS_BIAS:
-            bias = tl.load(b_ptr + rows).to(tl.float32)
-            if TRANSPOSED:
-                acc += bias[:, None]
-            else:
-                acc += bias[None, :]
-        tl.store(y_ptr + m_at * stride_ym + n_at, acc.to(y_ptr.dtype.element_ty), mask=tile_ok)
+            acc += tl.load(b_ptr + rows).to(tl.float32)[:, None]
+        tl.store(y_ptr + offs_m[None, :] * stride_ym + offs_n[:, None], acc.to(y_ptr.dtype.element_ty), mask=tile_ok)
 
 
 @triton.jit
@@ -487,13 +466,16 @@ def int8_gemv_variant(k: int, n: int) -> str:
 # int8 GEMM at up to W8_BATCHED_M rows (batched decode): narrow tiles, long K steps, 4 stages. Per row count
 # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), each the best total over the 3.8B shapes of an H100 sweep at that count:
 # 16 rows 2.2x faster than the prefill tiles (docs/results/2026-11-27-h100-gemm-m16-sweep.txt); 32 and 64 rows
-# 2.2x and 1.8x (docs/results/2026-11-27-h100-batched-32-64-sweep.txt).
-W8_BATCHED_M = 64
-_W8_BATCHED_TILES = ((16, (16, 32, 256, 4, 4)), (32, (32, 32, 128, 4, 4)), (64, (32, 64, 128, 4, 4)))
+# 2.2x and 1.8x (docs/results/2026-11-27-h100-batched-32-64-sweep.txt); 128 rows: the prefill tiles, split (all
+# linears of a step 3,772 us against 6,505 unsplit and 3,090 for bf16,
+# docs/results/2026-11-27-h100-int4-batched-transposed.txt).
+W8_BATCHED_M = 128
+_W8_BATCHED_TILES = ((16, (16, 32, 256, 4, 4)), (32, (32, 32, 128, 4, 4)), (64, (32, 64, 128, 4, 4)),
+                     (128, (64, 128, 64, 4, 3)))
 # Narrow layers split K so that about this many programs run, per row count (W8_BATCHED_SPLIT_TARGET, when set,
 # overrides it for all; SAMBAY_W8_GEMM_SPLIT too). H100 sweep over 264-800: 264 best at 8 and 16 rows, 528 at 32
-# and 64 (docs/results/2026-11-27-h100-int8-batched-split-k.txt).
-_W8_BATCHED_SPLIT = ((16, 264), (64, 528))
+# and 64 (docs/results/2026-11-27-h100-int8-batched-split-k.txt), 264 at 128.
+_W8_BATCHED_SPLIT = ((16, 264), (64, 528), (128, 264))
 W8_BATCHED_SPLIT_TARGET = None
 
 
@@ -618,82 +600,66 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*lead, n)
 
 
-# Batched decode, 5 … W4_SMALL_M bf16 activation rows: _w4_gemm_small_kernel. Launch per row count, (rows of the
-# activation tile, output rows per program, warps, stages), the best total over the 3.8B shapes of H100 sweeps:
-# docs/results/2026-11-27-h100-int4-gemm-small-sweep.txt (16 rows), …-batched-32-64-sweep.txt (32 and 64 rows:
-# 1.7x and 1.4x faster than the scratch path, still 1.2x and 1.4x slower than bf16).
-# Groups of 64 with zero points are left out: compiled for sm_90 by Triton 3.6 the kernel returns wrong sums for them
-# (relative error ~1, whatever the zero values; symmetric group-64 and groups of 128 are right; the interpreter is
-# right), so they take the scratch path.
-W4_SMALL_M = 64
-_W4_SMALL_LAUNCH = ((16, (16, 32, 4, 3)), (32, (16, 64, 4, 3)), (64, (32, 64, 4, 3)))
-# Narrow layers (few output-row blocks, long K: the 10240-input fc2 has 40-80) leave SMs idle; they split K so that
-# about W4_SMALL_SPLIT_TARGET programs run.
-W4_SMALL_SPLIT_TARGET = 528
+# Batched decode, GEMV_MAX_ROWS + 1 … W4_BATCHED_M bf16 activation rows: _w4_batched_gemm_kernel. Launch per row
+# count for wide layers (at least W4_WIDE_MIN_N outputs) and narrow ones: (activation rows per tile, output rows per
+# program, warps, stages, split-K program target; 0 never splits), each the best total of its layer class in the
+# H100 sweeps of docs/results/2026-11-27-h100-int4-batched-transposed.txt. All linears of a 3.8B step at 8 / 16 /
+# 32 / 64 / 128 rows: 1,496 / 1,580 / 1,947 / 2,461 / 3,499 us, against 1,660 / 1,763 / 2,151 / 2,616 / 6,192 for
+# the kernels before (weights as the dot's second operand up to 64 rows, the scratch path above) and 2,810 / 2,865 /
+# 2,861 / 2,903 / 3,090 for bf16.
+# Groups of 64 with zero points are left out: compiled for sm_90 by Triton 3.6 the earlier orientation of this kernel
+# returned wrong sums for them (relative error ~1, whatever the zero values; symmetric group-64 and groups of 128
+# were right; the interpreter is right), so they take the scratch path.
+W4_BATCHED_M = 128
+W4_WIDE_MIN_N = 8192
+_W4_BATCHED_LAUNCH = ((16, (16, 64, 4, 3, 528), (16, 64, 4, 3, 528)),  # rows, wide layers, narrow layers
+                      (32, (32, 128, 8, 3, 0), (32, 64, 4, 3, 528)),
+                      (64, (64, 128, 8, 3, 0), (64, 64, 4, 3, 264)),
+                      (128, (128, 128, 8, 3, 0), (64, 64, 4, 3, 264)))
+W4_BATCHED_SPLIT_TARGET = None  # when set, the split-K program target for every layer (tests)
 BATCHED_SPLIT_MIN_STEPS = 2  # K steps (int4: groups) per program at least
 
 
-def w4_gemm_small_config(m: int) -> tuple[int, int, int, int]:
-    """(activation rows per tile, output rows per program, warps, stages) of the batched-decode int4 GEMM for ``m``
-    rows; SAMBAY_W4_GEMM_SMALL="block_m,rows,warps,stages" overrides (tuning)."""
-    override = os.environ.get("SAMBAY_W4_GEMM_SMALL")
+def w4_batched_config(m: int, n: int) -> tuple[int, int, int, int, int]:
+    """The batched int4 GEMM's launch for ``m`` activation rows (at most W4_BATCHED_M) and ``n`` outputs: (activation
+    rows per tile, output rows per program, warps, stages, split-K program target);
+    SAMBAY_W4_GEMM_BATCHED="block_m,rows,warps,stages,split_target" overrides (tuning)."""
+    override = os.environ.get("SAMBAY_W4_GEMM_BATCHED")
     if override:
-        bm, bn, nw, ns = (int(v) for v in override.split(","))
-        return bm, bn, nw, ns
-    if _INTERPRET:
-        return 16, 16, 1, 1
-    return next(cfg for rows, cfg in _W4_SMALL_LAUNCH if m <= rows or rows == W4_SMALL_M)
+        bm, bn, nw, ns, target = (int(v) for v in override.split(","))
+    else:
+        wide, narrow = next((w, nr) for rows, w, nr in _W4_BATCHED_LAUNCH if m <= rows)
+        bm, bn, nw, ns, target = wide if n >= W4_WIDE_MIN_N else narrow
+        if _INTERPRET:
+            bm, bn, nw, ns = 16, 16, 1, 1
+    return bm, bn, nw, ns, target if W4_BATCHED_SPLIT_TARGET is None else W4_BATCHED_SPLIT_TARGET
 
 
-# Wide layers (at least W4_WIDE_MIN_N output rows) at 17-64 rows take the TRANSPOSED _w4_gemm_small_kernel, unsplit:
-# (activation rows per tile, output rows per program, warps, stages) per row count, from the H100 sweep of the transposed product
-# (docs/results/2026-11-27-h100-batched-wgmma-operand-experiment.txt: fc1 at 64 rows 27.7 against 40.3 us).
-W4_WIDE_MIN_N = 8192
-_W4_WIDE_LAUNCH = ((16, None), (32, (32, 64, 4, 3)), (64, (64, 128, 8, 3)))
-
-
-def w4_gemm_wide_config(m: int, n: int) -> tuple[int, int, int, int] | None:
-    """The transposed batched int4 GEMM's launch for ``m`` rows and ``n`` outputs, or None (the other kernel);
-    SAMBAY_W4_GEMM_WIDE=0 turns it off, "block_m,rows,warps,stages" sets the launch."""
-    override = os.environ.get("SAMBAY_W4_GEMM_WIDE", "")
-    if override == "0" or n < W4_WIDE_MIN_N:
-        return None
-    cfg = next((c for rows, c in _W4_WIDE_LAUNCH if m <= rows), None)
-    if cfg is None:
-        return None
-    if override:
-        bm, bn, nw, ns = (int(v) for v in override.split(","))
-        return bm, bn, nw, ns
-    return (16, 16, 1, 1) if _INTERPRET else cfg
-
-
-def batched_split(tiles: int, steps: int, target: int, env: str) -> int:
+def batched_split(tiles: int, steps: int, target: int, env: str | None = None) -> int:
     """K-splits of a batched-decode GEMM launch of ``tiles`` (m-block, n-block) programs over ``steps`` K steps:
     enough for about ``target`` programs, each keeping at least BATCHED_SPLIT_MIN_STEPS steps; the environment
-    variable ``env`` overrides the target (0: never split)."""
-    target = int(os.environ.get(env, target))
+    variable ``env``, if given and set, overrides the target (0: never split)."""
+    target = int(os.environ.get(env, target)) if env else target
     if target <= tiles:
         return 1
     return max(1, min(triton.cdiv(target, tiles), steps // BATCHED_SPLIT_MIN_STEPS))
 
 
-def _w4_gemm_small(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
-                   group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
+def _w4_batched_gemm(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
+                     group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
     m, k = x2.shape
     n = qweight.shape[0]
     y = torch.empty(m, n, device=x2.device, dtype=x2.dtype)
     words = qweight.view(torch.int32)
-    wide = w4_gemm_wide_config(m, n)
-    bm, bn, nw, ns = wide if wide is not None else w4_gemm_small_config(m)
+    bm, bn, nw, ns, target = w4_batched_config(m, n)
     grid_n, grid_m = triton.cdiv(n, bn), triton.cdiv(m, bm)
-    split = 1 if wide is not None else batched_split(grid_n * grid_m, k // group_size, W4_SMALL_SPLIT_TARGET,
-                                                    "SAMBAY_W4_GEMM_SMALL_SPLIT")
+    split = batched_split(grid_n * grid_m, k // group_size, target)
     split, partials, tickets = triton_gemv.split_buffers(x2.device, split, m * n, grid_n * grid_m, y)
-    _w4_gemm_small_kernel[(grid_n, grid_m, split)](
+    _w4_batched_gemm_kernel[(grid_n, grid_m, split)](
         x2, words, scales, zeros if zeros is not None else scales, bias if bias is not None else scales, y, partials,
         tickets, m, n, k, x2.stride(0), words.stride(0), scales.stride(0), y.stride(0), split, GROUP=group_size,
         HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, EMULATE=_INTERPRET,
-        ATOMIC=split > 1, TRANSPOSED=wide is not None, num_warps=nw, num_stages=ns)
+        ATOMIC=split > 1, num_warps=nw, num_stages=ns)
     return y
 
 
@@ -763,7 +729,7 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
                  group_size: int, bias: torch.Tensor | None, *, interleaved: bool = False) -> torch.Tensor:
     """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
     column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. Decode-sized calls on
-    interleaved weights take the GEMV, up to W4_SMALL_M bf16 rows the tensor-core GEMM that decodes groups in
+    interleaved weights take the GEMV, up to W4_BATCHED_M bf16 rows the tensor-core GEMM that decodes groups in
     registers; other calls of ``DEQUANT_MIN_ROWS`` rows or more dequantize into a scratch buffer and matmul; the
     fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph capture that finds no
     scratch)."""
@@ -772,9 +738,9 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     n = qweight.shape[0]
     if m <= GEMV_MAX_ROWS and interleaved:
         return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
-    if (m <= W4_SMALL_M and interleaved and x2.dtype == torch.bfloat16 and scales.dtype == torch.bfloat16
+    if (m <= W4_BATCHED_M and interleaved and x2.dtype == torch.bfloat16 and scales.dtype == torch.bfloat16
             and (group_size >= 128 or (group_size == 64 and zeros is None))):
-        return _w4_gemm_small(x2, qweight, scales, zeros, group_size, bias).reshape(*lead, n)
+        return _w4_batched_gemm(x2, qweight, scales, zeros, group_size, bias).reshape(*lead, n)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and (
             not capturing or _scratch_ready(x.device, x.dtype, _dequant_chunk_rows(n, k) * k)):
