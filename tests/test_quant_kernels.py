@@ -67,6 +67,46 @@ def test_w8a16_batched_gemm_split_k(monkeypatch, rows, k):
     assert not ws.any() and not tickets.any()
 
 
+@pytest.mark.parametrize("rows, k, split", [(6, 300, False), (40, 1100, True), (100, 80, False)])
+def test_w8a16_batched_gemm_transposed(monkeypatch, rows, k, split):
+    """The int8 batched GEMM in its transposed form (yᵀ = W·xᵀ), also split over K: bf16 activations, bias, ragged
+    tiles; within the bf16 bound of the float32 reference, and the split-K workspace clean afterwards."""
+    from sambay_cli.kernels import triton_gemv
+
+    launch = (16, 64, 64, 4, 3, 1, 10_000 if split else 0)
+    monkeypatch.setenv("SAMBAY_W8_GEMM_BATCHED", ",".join(map(str, launch)))
+    assert tk.w8_batched_config(rows, 72) == launch
+    splits = []
+    real = triton_gemv.split_buffers
+    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
+    torch.manual_seed(rows)
+    n = 72
+    q = formats.quantize_int8(torch.randn(n, k))
+    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
+    ref = x.float() @ formats.dequantize_int8(q.qweight, q.scales).float().T + bias.float()
+    y = tk.w8a16_linear(x.to(DEV), q.qweight.to(DEV), q.scales.to(DEV), bias.to(DEV))
+    assert y.shape == (rows, n) and y.dtype == torch.bfloat16
+    assert _rel(y.float().cpu(), ref) < 2 * _rel(ref.bfloat16().float(), ref) + 1e-3
+    assert (splits[0] > 1) == split
+    ws, tickets = triton_gemv.splitk_workspace(torch.device(DEV), 1, 1)
+    assert not ws.any() and not tickets.any()
+
+
+def test_w8_batched_launch_tables():
+    """The int8 batched launch table covers GEMV_MAX_ROWS + 1 … W8_BATCHED_M rows in increasing row classes; a layer
+    gets its class's wide or narrow entry (transposed flag and split target) by its width; above: prefill tiles."""
+    table = tk._W8_BATCHED_LAUNCH
+    assert [rows for rows, _, _ in table] == sorted(rows for rows, _, _ in table)
+    assert table[0][0] > tk.GEMV_MAX_ROWS and table[-1][0] == tk.W8_BATCHED_M
+    assert tk.w8_batched_config(tk.W8_BATCHED_M + 1, 2560) is None
+    previous = tk.GEMV_MAX_ROWS
+    for rows, wide, narrow in table:
+        for m in (previous + 1, rows):
+            assert tk.w8_batched_config(m, tk.WIDE_MIN_N)[5:] == wide[5:]
+            assert tk.w8_batched_config(m, tk.WIDE_MIN_N - 1)[5:] == narrow[5:]
+        previous = rows
+
+
 @pytest.mark.parametrize("epilogue", ["swiglu", "gate"])
 def test_w8a16_fused_epilogues(epilogue):
     """An int8 QuantLinear's fused decode path (one GEMV kernel with the SwiGLU / GMU-gate epilogue) equals the layer
@@ -256,7 +296,7 @@ def test_w4a16_batched_rows_wide_gemm(monkeypatch, n, k, group, rows, symmetric)
     not split K: ragged tiles, bias, within the bf16 bound of the float32 reference."""
     from sambay_cli.kernels import triton_gemv
 
-    monkeypatch.setattr(tk, "W4_WIDE_MIN_N", 32)
+    monkeypatch.setattr(tk, "WIDE_MIN_N", 32)
     assert tk.w4_batched_config(rows, n)[4] == 0
     splits = []
     real = triton_gemv.split_buffers
@@ -275,8 +315,8 @@ def test_w4_batched_launch_tables(monkeypatch):
     previous = tk.GEMV_MAX_ROWS
     for rows, wide, narrow in table:
         for m in (previous + 1, rows):
-            assert tk.w4_batched_config(m, tk.W4_WIDE_MIN_N)[4] == wide[4]
-            assert tk.w4_batched_config(m, tk.W4_WIDE_MIN_N - 1)[4] == narrow[4] > 0
+            assert tk.w4_batched_config(m, tk.WIDE_MIN_N)[4] == wide[4]
+            assert tk.w4_batched_config(m, tk.WIDE_MIN_N - 1)[4] == narrow[4] > 0
         previous = rows
     monkeypatch.setenv("SAMBAY_W4_GEMM_BATCHED", "64,64,4,3,100")
     assert tk.w4_batched_config(40, 2560) == (64, 64, 4, 3, 100)

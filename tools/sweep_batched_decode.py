@@ -5,10 +5,10 @@
 
 For each row count and layer shape: bf16 ``F.linear``, the shipped dispatch, and every candidate launch of
 ``_w4_batched_gemm_kernel`` — (activation rows per tile, output rows per program, warps, stages, split-K program
-target) — graph-timed over weight copies that defeat L2. Then, per layer class (wide: at least W4_WIDE_MIN_N
+target) — graph-timed over weight copies that defeat L2. Then, per layer class (wide: at least WIDE_MIN_N
 outputs; narrow: the rest), the best launches by count-weighted total over the model's layers: the numbers behind
-``triton_kernels._W4_BATCHED_LAUNCH``. ``--int8`` does the same for the int8 batched tiles
-(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) with split targets.
+``triton_kernels._W4_BATCHED_LAUNCH``. ``--int8`` does the same for the int8 batched GEMM,
+(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, transposed, split target): ``triton_kernels._W8_BATCHED_LAUNCH``.
 """
 
 from __future__ import annotations
@@ -33,6 +33,13 @@ from sambay_cli.quant.bench_kernels import SHAPES  # noqa: E402
 TARGETS = (0, 264, 528)
 INT8_TILES = ((64, 128, 64, 4, 3), (128, 64, 64, 4, 4), (64, 64, 128, 4, 4), (32, 64, 128, 4, 4),
               (32, 32, 128, 4, 4), (16, 32, 256, 4, 4))
+
+
+def int8_candidates(m: int) -> list[tuple[int, ...]]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, transposed): the tiles above, and transposed tiles of the row count."""
+    bm = min(128, max(16, m))
+    return [(*t, 0) for t in INT8_TILES] + [(bm, bn, bk, nw, ns, 1) for bn, bk, nw in
+                                           ((64, 128, 4), (64, 64, 4), (128, 64, 8), (128, 128, 8)) for ns in (3, 4)]
 
 
 def shapes() -> list[tuple[int, int, int]]:
@@ -62,6 +69,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rows", type=int, nargs="+", default=[8, 16, 32, 64, 128])
     ap.add_argument("--int8", action="store_true", help="also sweep the int8 batched tiles")
+    ap.add_argument("--no-int4", action="store_true", help="skip the int4 candidates")
     ap.add_argument("--json", type=Path, help="write every timing here")
     args = ap.parse_args()
     torch.manual_seed(0)
@@ -90,17 +98,16 @@ def main() -> None:
                    "bf16": graph_us([lambda w=w, x=x: F.linear(x, w) for w in wbs]),
                    "int4 shipped": graph_us([lambda q=q: int4(q) for q in q4s]),
                    "int8 shipped": graph_us([lambda q=q: int8(q) for q in q8s]), "int4": {}, "int8": {}}
-            for cfg in int4_candidates(m):
+            for cfg in [] if args.no_int4 else int4_candidates(m):
                 os.environ["SAMBAY_W4_GEMM_BATCHED"] = ",".join(map(str, cfg))
                 y = int4(q4)
                 assert ((y.float() - ref4).norm() / ref4.norm()).item() < 1e-2, cfg
                 rec["int4"][str(cfg)] = graph_us([lambda q=q: int4(q) for q in q4s])
-            os.environ.pop("SAMBAY_W4_GEMM_BATCHED")
+            os.environ.pop("SAMBAY_W4_GEMM_BATCHED", None)
             if args.int8:
-                saved = tk._W8_BATCHED_TILES, tk.W8_BATCHED_SPLIT_TARGET
-                for tiles in INT8_TILES:
+                for tiles in int8_candidates(m):
                     for target in TARGETS:
-                        tk._W8_BATCHED_TILES, tk.W8_BATCHED_SPLIT_TARGET = ((tk.W8_BATCHED_M, tiles),), target
+                        os.environ["SAMBAY_W8_GEMM_BATCHED"] = ",".join(map(str, (*tiles, target)))
                         try:
                             y = int8(q8)
                         except Exception as e:  # noqa: BLE001 - tiles too large for shared memory
@@ -108,18 +115,19 @@ def main() -> None:
                             break
                         assert ((y.float() - ref8).norm() / ref8.norm()).item() < 1e-2, tiles
                         rec["int8"][str((*tiles, target))] = graph_us([lambda q=q: int8(q) for q in q8s])
-                tk._W8_BATCHED_TILES, tk.W8_BATCHED_SPLIT_TARGET = saved
+                os.environ.pop("SAMBAY_W8_GEMM_BATCHED", None)
             records.append(rec)
-            best4 = min(rec["int4"].items(), key=lambda kv: kv[1])
-            print(f"rows {m} {n}x{k}: bf16 {rec['bf16']:.1f} us, int4 shipped {rec['int4 shipped']:.1f}, best "
-                  f"{best4[1]:.1f} {best4[0]}, int8 shipped {rec['int8 shipped']:.1f}", flush=True)
+            best = {f: min(rec[f].items(), key=lambda kv: kv[1]) for f in ("int4", "int8") if rec[f]}
+            print(f"rows {m} {n}x{k}: bf16 {rec['bf16']:.1f} us, int4 shipped {rec['int4 shipped']:.1f}, int8 shipped "
+                  f"{rec['int8 shipped']:.1f}; best " + ", ".join(f"{f} {t:.1f} {c}" for f, (c, t) in best.items()),
+                  flush=True)
     for m in args.rows:
         rows = [r for r in records if r["rows"] == m]
         total = {key: sum(r["count"] * r[key] for r in rows) for key in ("bf16", "int4 shipped", "int8 shipped")}
         print(f"rows {m}, all linears of a step (us): " + ", ".join(f"{a} {b:.0f}" for a, b in total.items()))
-        for name, cls in (("wide", [r for r in rows if r["n"] >= tk.W4_WIDE_MIN_N]),
-                          ("narrow", [r for r in rows if r["n"] < tk.W4_WIDE_MIN_N])):
-            for fmt in ("int4", "int8") if args.int8 else ("int4",):
+        for name, cls in (("wide", [r for r in rows if r["n"] >= tk.WIDE_MIN_N]),
+                          ("narrow", [r for r in rows if r["n"] < tk.WIDE_MIN_N])):
+            for fmt in [f for f in ("int4", "int8") if cls and cls[0][f]]:
                 keys = set.intersection(*(set(r[fmt]) for r in cls)) if cls else set()
                 best = sorted((sum(r["count"] * r[fmt][c] for r in cls), c) for c in keys)[:3]
                 print(f"  {fmt} {name} layers, best launches: " + ", ".join(f"{c} {t:.0f}" for t, c in best))

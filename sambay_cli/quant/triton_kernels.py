@@ -6,9 +6,9 @@
   scale. int4 runs its own kernel on the word-interleaved GPU order (``formats.interleave_int4``): bf16 activations
   in packed bfloat16x2 arithmetic, others in float32; narrow layers split the input dimension across programs
   (split-K through a self-cleaning float32 workspace).
-* Batched decode (up to 128 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles; int4 (bf16 activations) a
-  tensor-core GEMM that decodes each group into bf16 tiles in registers as wgmma's register operand
-  (``_w4_batched_gemm_kernel``); both split narrow layers over K through the same workspace.
+* Batched decode (up to 128 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles (transposed at 33-64
+  rows); int4 (bf16 activations) a tensor-core GEMM that decodes each group into bf16 tiles in registers as wgmma's
+  register operand (``_w4_batched_gemm_kernel``); both split narrow layers over K through the same workspace.
 * Prefill: int8 runs the tiled GEMM; int4 dequantizes the layer into a reused scratch buffer
   (``_w4_dequant_kernel``) and calls the vendor matmul. A fused byte-wise int4 GEMM (low/high nibble halves dotted
   with gathered activation columns) serves what the other paths cannot (decode on file-order bytes, groups not a
@@ -28,6 +28,7 @@ import triton.language as tl
 from ..kernels import triton_gemv
 
 GEMV_MAX_ROWS = 4  # up to this many activation rows use the GEMV kernels
+WIDE_MIN_N = 8192  # batched decode: layers with at least this many outputs take the launch tables' "wide" entries
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
@@ -37,11 +38,13 @@ _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 @triton.jit
 def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K, stride_xm, stride_wn, stride_ym,
                     SPLIT, HAS_BIAS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr = False, EMULATE: tl.constexpr = False):
+                    BLOCK_K: tl.constexpr, ATOMIC: tl.constexpr = False, EMULATE: tl.constexpr = False,
+                    TRANSPOSED: tl.constexpr = False):
     """W8A16 tiled GEMM (batched decode and prefill). With SPLIT > 1 (ATOMIC) program (m-block, n-block, split) covers
     1/SPLIT of the K steps; the scaled partial tiles meet in the float32 split-K workspace ([M, N], zero between
     calls) and the last program of a tile (ticket per tile) reads the totals back, zeroes the workspace and its
-    ticket, and stores."""
+    ticket, and stores. TRANSPOSED computes yᵀ = W·xᵀ: the converted weight tile is the dot's first operand, which
+    Hopper's wgmma reads from registers."""
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -49,30 +52,53 @@ def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
     mask_m = offs_m < M
     mask_n = offs_n < N
     k_start, k_stop = triton_gemv.splitk_range(K, BLOCK_K, SPLIT, ATOMIC)
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    if TRANSPOSED:  # tiles [output rows, activation rows]
+        acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
+        m_at, n_at = offs_m[None, :], offs_n[:, None]
+    else:
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        m_at, n_at = offs_m[:, None], offs_n[None, :]
+    tile_ok = (m_at < M) & (n_at < N)
     for k0 in range(k_start, k_stop, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         mask_k = offs_k < K
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=mask_m[:, None] & mask_k[None, :],
-                    other=0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=mask_n[None, :] & mask_k[:, None],
-                    other=0)  # [BLOCK_K, BLOCK_N]
-        if EMULATE:  # the interpreter's dot misreads 16-bit tiles converted in registers; bf16/fp16 are f32-exact
-            acc += tl.dot(x.to(tl.float32), w.to(tl.float32), out_dtype=tl.float32)
+        if TRANSPOSED:
+            x = tl.load(x_ptr + offs_m[None, :] * stride_xm + offs_k[:, None],
+                        mask=mask_m[None, :] & mask_k[:, None], other=0.0)  # [BLOCK_K, BLOCK_M]
+            w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :],
+                        mask=mask_n[:, None] & mask_k[None, :], other=0)  # [BLOCK_N, BLOCK_K]
         else:
-            acc += tl.dot(x, w.to(x.dtype), out_dtype=tl.float32)
-    acc = acc * tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-    tile_ok = mask_m[:, None] & mask_n[None, :]
+            x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                        mask=mask_m[:, None] & mask_k[None, :], other=0.0)
+            w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None],
+                        mask=mask_n[None, :] & mask_k[:, None], other=0)  # [BLOCK_K, BLOCK_N]
+        if EMULATE:  # the interpreter's dot misreads 16-bit tiles converted in registers; bf16/fp16 are f32-exact
+            x, w = x.to(tl.float32), w.to(tl.float32)
+        else:
+            w = w.to(x.dtype)
+        if TRANSPOSED:
+            acc += tl.dot(w, x, out_dtype=tl.float32)
+        else:
+            acc += tl.dot(x, w, out_dtype=tl.float32)
+    scale = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
+    if TRANSPOSED:
+        acc = acc * scale[:, None]
+    else:
+        acc = acc * scale[None, :]
     if ATOMIC:
-        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + offs_m[:, None] * N + offs_n[None, :], tile_ok,
+        last, acc = triton_gemv.splitk_tile_total(acc, ws_ptr + m_at * N + n_at, tile_ok,
                                                   cnt_ptr + pid_n * tl.num_programs(0) + pid_m, SPLIT)
     else:
         last = True
     if last:
         if HAS_BIAS:
-            acc += tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)[None, :]
-        tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
-                 mask=tile_ok)
+            if TRANSPOSED:
+                acc += bias[:, None]
+            else:
+                acc += bias[None, :]
+        tl.store(y_ptr + m_at * stride_ym + n_at, acc.to(y_ptr.dtype.element_ty), mask=tile_ok)
 
 
 # -------------------------------------------------------------------------------------------------------- int4
@@ -463,35 +489,36 @@ def int8_gemv_variant(k: int, n: int) -> str:
     return os.environ.get("SAMBAY_INT8_GEMV") or _default_int8_gemv(k, n)[0]
 
 
-# int8 GEMM at up to W8_BATCHED_M rows (batched decode): narrow tiles, long K steps, 4 stages. Per row count
-# (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages), each the best total over the 3.8B shapes of an H100 sweep at that count:
-# 16 rows 2.2x faster than the prefill tiles (docs/results/2026-11-27-h100-gemm-m16-sweep.txt); 32 and 64 rows
-# 2.2x and 1.8x (docs/results/2026-11-27-h100-batched-32-64-sweep.txt); 128 rows: the prefill tiles, split (all
-# linears of a step 3,772 us against 6,505 unsplit and 3,090 for bf16,
-# docs/results/2026-11-27-h100-int4-batched-transposed.txt).
+# Batched decode (GEMV_MAX_ROWS + 1 … W8_BATCHED_M rows): the int8 GEMM with a launch per row count for wide layers
+# (at least WIDE_MIN_N outputs) and narrow ones: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, transposed 0/1, split-K
+# program target; 0 never splits), each the best total of its layer class in H100 sweeps: 16 and 32 rows
+# (docs/results/2026-11-27-h100-gemm-m16-sweep.txt, …-batched-32-64-sweep.txt, …-int8-batched-split-k.txt); 64 and
+# 128 rows (docs/results/2026-11-27-h100-int4-batched-transposed.txt: all linears of a step at 64 rows 2,639 us
+# transposed against 3,055 before and 2,896 for bf16; at 128 rows the prefill tiles, split: 3,772 against 6,505
+# unsplit and 3,090 for bf16).
 W8_BATCHED_M = 128
-_W8_BATCHED_TILES = ((16, (16, 32, 256, 4, 4)), (32, (32, 32, 128, 4, 4)), (64, (32, 64, 128, 4, 4)),
-                     (128, (64, 128, 64, 4, 3)))
-# Narrow layers split K so that about this many programs run, per row count (W8_BATCHED_SPLIT_TARGET, when set,
-# overrides it for all; SAMBAY_W8_GEMM_SPLIT too). H100 sweep over 264-800: 264 best at 8 and 16 rows, 528 at 32
-# and 64 (docs/results/2026-11-27-h100-int8-batched-split-k.txt), 264 at 128.
-_W8_BATCHED_SPLIT = ((16, 264), (64, 528), (128, 264))
-W8_BATCHED_SPLIT_TARGET = None
+_W8_BATCHED_LAUNCH = ((16, (16, 32, 256, 4, 4, 0, 264), (16, 32, 256, 4, 4, 0, 264)),  # rows, wide, narrow layers
+                      (32, (32, 32, 128, 4, 4, 0, 528), (32, 32, 128, 4, 4, 0, 528)),
+                      (64, (64, 64, 128, 4, 3, 1, 264), (64, 64, 64, 4, 3, 1, 528)),
+                      (128, (64, 128, 64, 4, 3, 0, 264), (64, 128, 64, 4, 3, 0, 264)))
+W8_BATCHED_SPLIT_TARGET = None  # when set, the split-K program target for every layer (tests)
 
 
-def w8_batched_tiles(m: int) -> tuple[int, int, int, int, int] | None:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages) of the int8 GEMM for ``m`` activation rows of batched decode, or
-    None above W8_BATCHED_M rows (the prefill tiles)."""
-    for rows, tiles in _W8_BATCHED_TILES:
-        if m <= rows:
-            return tiles
-    return None
-
-
-def w8_batched_split_target(m: int) -> int:
-    if W8_BATCHED_SPLIT_TARGET is not None:
-        return W8_BATCHED_SPLIT_TARGET
-    return next(target for rows, target in _W8_BATCHED_SPLIT if m <= rows or rows == W8_BATCHED_M)
+def w8_batched_config(m: int, n: int) -> tuple[int, int, int, int, int, int, int] | None:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, transposed, split-K program target) of the int8 GEMM for ``m``
+    activation rows of batched decode and ``n`` outputs, or None above W8_BATCHED_M rows (the prefill tiles);
+    SAMBAY_W8_GEMM_BATCHED="block_m,block_n,block_k,warps,stages,transposed,split_target" overrides (tuning)."""
+    if m > W8_BATCHED_M:
+        return None
+    override = os.environ.get("SAMBAY_W8_GEMM_BATCHED")
+    if override:
+        bm, bn, bk, nw, ns, transposed, target = (int(v) for v in override.split(","))
+    else:
+        wide, narrow = next((w, nr) for rows, w, nr in _W8_BATCHED_LAUNCH if m <= rows)
+        bm, bn, bk, nw, ns, transposed, target = wide if n >= WIDE_MIN_N else narrow
+        if _INTERPRET:  # small tiles: quick in the interpreter
+            bm, bn, bk, nw, ns = 16, 32, 32, 4, 1
+    return bm, bn, bk, nw, ns, transposed, target if W8_BATCHED_SPLIT_TARGET is None else W8_BATCHED_SPLIT_TARGET
 
 
 def _gemm_blocks(m: int) -> tuple[int, int, int]:
@@ -522,22 +549,18 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if m <= GEMV_MAX_ROWS:
         return w8a16_gemv(x, qweight, scales, bias)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
-    batched = w8_batched_tiles(m)
-    if batched is not None and _INTERPRET:
-        batched = (16, 32, 32, 4, 1)  # small tiles: quick in the interpreter
-    if batched is not None:  # batched decode: narrow tiles, long K steps, 4 stages (H100 sweeps)
-        bm, bn, bk, warps, stages = batched
+    batched = w8_batched_config(m, n)
+    if batched is not None:  # batched decode: narrow tiles, long K steps, narrow layers split K (H100 sweeps)
+        bm, bn, bk, warps, stages, transposed, target = batched
     else:
-        (bm, bn, bk), warps, stages = _gemm_blocks(m), 4, 3
+        (bm, bn, bk), warps, stages, transposed, target = _gemm_blocks(m), 4, 3, 0, 0
     grid_m, grid_n = triton.cdiv(m, bm), triton.cdiv(n, bn)
-    split = 1
-    if batched is not None:  # narrow layers split K (as the int4 batched GEMM)
-        split = batched_split(grid_m * grid_n, triton.cdiv(k, bk), w8_batched_split_target(m), "SAMBAY_W8_GEMM_SPLIT")
+    split = batched_split(grid_m * grid_n, triton.cdiv(k, bk), target)
     split, partials, tickets = triton_gemv.split_buffers(x.device, split, m * n, grid_m * grid_n, y)
     _w8_gemm_kernel[(grid_m, grid_n, split)](
         x2, qweight, scales, bias if bias is not None else scales, y, partials, tickets, m, n, k, x2.stride(0),
         qweight.stride(0), y.stride(0), split, HAS_BIAS=bias is not None, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk,
-        ATOMIC=split > 1, EMULATE=_INTERPRET, num_warps=warps, num_stages=stages)
+        ATOMIC=split > 1, EMULATE=_INTERPRET, TRANSPOSED=bool(transposed), num_warps=warps, num_stages=stages)
     return y.reshape(*lead, n)
 
 
@@ -601,7 +624,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 
 
 # Batched decode, GEMV_MAX_ROWS + 1 … W4_BATCHED_M bf16 activation rows: _w4_batched_gemm_kernel. Launch per row
-# count for wide layers (at least W4_WIDE_MIN_N outputs) and narrow ones: (activation rows per tile, output rows per
+# count for wide layers (at least WIDE_MIN_N outputs) and narrow ones: (activation rows per tile, output rows per
 # program, warps, stages, split-K program target; 0 never splits), each the best total of its layer class in the
 # H100 sweeps of docs/results/2026-11-27-h100-int4-batched-transposed.txt. All linears of a 3.8B step at 8 / 16 /
 # 32 / 64 / 128 rows: 1,496 / 1,580 / 1,947 / 2,461 / 3,499 us, against 1,660 / 1,763 / 2,151 / 2,616 / 6,192 for
@@ -611,7 +634,6 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 # returned wrong sums for them (relative error ~1, whatever the zero values; symmetric group-64 and groups of 128
 # were right; the interpreter is right), so they take the scratch path.
 W4_BATCHED_M = 128
-W4_WIDE_MIN_N = 8192
 _W4_BATCHED_LAUNCH = ((16, (16, 64, 4, 3, 528), (16, 64, 4, 3, 528)),  # rows, wide layers, narrow layers
                       (32, (32, 128, 8, 3, 0), (32, 64, 4, 3, 528)),
                       (64, (64, 128, 8, 3, 0), (64, 64, 4, 3, 264)),
@@ -629,7 +651,7 @@ def w4_batched_config(m: int, n: int) -> tuple[int, int, int, int, int]:
         bm, bn, nw, ns, target = (int(v) for v in override.split(","))
     else:
         wide, narrow = next((w, nr) for rows, w, nr in _W4_BATCHED_LAUNCH if m <= rows)
-        bm, bn, nw, ns, target = wide if n >= W4_WIDE_MIN_N else narrow
+        bm, bn, nw, ns, target = wide if n >= WIDE_MIN_N else narrow
         if _INTERPRET:
             bm, bn, nw, ns = 16, 16, 1, 1
     return bm, bn, nw, ns, target if W4_BATCHED_SPLIT_TARGET is None else W4_BATCHED_SPLIT_TARGET
@@ -663,10 +685,10 @@ def _w4_batched_gemm(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     return y
 
 
-# int4 matmuls of more than GEMV_MAX_ROWS activation rows (prefill, batched decode) dequantize the layer into a
-# scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor matmul. The fused GEMM (gathered activation
-# columns, small tiles) loses from 8 rows on - by 7x on the 10240-input fc2, whose 20 column blocks leave most SMs
-# idle - and reaches 40 TFLOP/s at 2,048 rows, where this path gives a 20480x2560 layer in 347 us against 317 us
+# int4 matmuls that neither the GEMV nor the batched GEMM takes (prefill, more than W4_BATCHED_M rows; group-64
+# layers with zero points) dequantize the layer into a scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run
+# the vendor matmul. The fused GEMM (gathered activation columns, small tiles) loses from 8 rows on - by 7x on the
+# 10240-input fc2, whose 20 column blocks leave most SMs idle - and reaches 40 TFLOP/s at 2,048 rows, where this path gives a 20480x2560 layer in 347 us against 317 us
 # for the bf16 matmul alone (H100, docs/results/2026-11-27-h100-int4-prefill-dequant.txt). Inside a CUDA-graph
 # capture the path is taken only if the scratch already holds the layer (an eager step of the same shapes ran
 # first), so capture never allocates it. The scratch holds at most DEQUANT_CHUNK_ELEMENTS weights (128 MB in bf16);
