@@ -305,6 +305,44 @@ def test_w4a16_batched_rows_wide_gemm(monkeypatch, n, k, group, rows, symmetric)
     assert splits == [1]
 
 
+@pytest.mark.parametrize("rows", [1, 2, 4, 5])
+def test_decode_rows_routing(monkeypatch, rows):
+    """One row takes the decode GEMVs; from BATCHED_MIN_ROWS bf16 rows on the batched GEMMs take over (the GEMVs
+    re-decode the weights for every row), while float32 rows up to GEMV_MAX_ROWS stay on the exact GEMVs (beyond:
+    int4 dequantizes into the scratch). The fused SwiGLU epilogue runs only where the GEMV does. Results within the bf16 / float32 bounds either way."""
+    from sambay_cli.quant import modules
+
+    calls = []
+    for name in ("w4a16_gemv", "_w4_batched_gemm", "w8a16_gemv"):
+        real = getattr(tk, name)
+        monkeypatch.setattr(tk, name, lambda *a, _n=name, _r=real, **kw: calls.append(_n) or _r(*a, **kw))
+    torch.manual_seed(rows)
+    n, k = 48, 256
+    w = torch.randn(n, k)
+    q4, q8 = formats.quantize_int4(w, 128), formats.quantize_int8(w)
+    qi, z = formats.interleave_int4(q4.qweight, 128).to(DEV), q4.zeros.to(DEV)
+    for dtype in (torch.bfloat16, torch.float32):
+        x = torch.randn(rows, k).to(dtype)
+        gemv = rows <= tk.GEMV_MAX_ROWS and (rows < tk.BATCHED_MIN_ROWS or dtype != torch.bfloat16)
+        calls.clear()
+        y4 = tk.w4a16_linear(x.to(DEV), qi, q4.scales.to(DEV), z, 128, None, interleaved=True)
+        assert calls == (["w4a16_gemv"] if gemv else ["_w4_batched_gemm"] if dtype == torch.bfloat16 else [])
+        ref4 = x.float() @ formats.dequantize_int4(q4).T
+        assert _rel(y4.float().cpu(), ref4) < (2e-2 if dtype == torch.bfloat16 else 2e-3)
+        calls.clear()
+        y8 = tk.w8a16_linear(x.to(DEV), q8.qweight.to(DEV), q8.scales.to(DEV), None)
+        assert calls == (["w8a16_gemv"] if gemv else [])
+        ref8 = x.float() @ formats.dequantize_int8(q8.qweight, q8.scales).T
+        assert _rel(y8.float().cpu(), ref8) < (2e-2 if dtype == torch.bfloat16 else 2e-3)
+        assert tk.w4_takes_gemv(rows, dtype, q4.scales.to(dtype), z, 128, True) == gemv
+    layer = modules.QuantLinear("int4", k, n, {"qweight": q4.qweight.clone(), "scales": q4.scales.bfloat16(),
+                                              "zeros": q4.zeros}, None, torch.bfloat16, group_size=128).to(DEV)
+    monkeypatch.setenv("SAMBAY_KERNELS", "triton")  # the CPU default is torch's int4 kernel
+    calls.clear()
+    layer.forward_fused(torch.randn(rows, k).bfloat16().to(DEV), "swiglu")
+    assert calls == (["w4a16_gemv"] if rows < tk.BATCHED_MIN_ROWS else ["_w4_batched_gemm"])
+
+
 def test_w4_batched_launch_tables(monkeypatch):
     """The batched int4 GEMM's launch table covers GEMV_MAX_ROWS + 1 … W4_BATCHED_M rows in increasing row classes;
     a layer gets its class's wide or narrow entry by its width (narrow ones always split K); SAMBAY_W4_GEMM_BATCHED

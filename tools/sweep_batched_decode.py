@@ -98,6 +98,8 @@ def main() -> None:
                    "bf16": graph_us([lambda w=w, x=x: F.linear(x, w) for w in wbs]),
                    "int4 shipped": graph_us([lambda q=q: int4(q) for q in q4s]),
                    "int8 shipped": graph_us([lambda q=q: int8(q) for q in q8s]), "int4": {}, "int8": {}}
+            gemv_rows = tk.GEMV_MAX_ROWS
+            tk.GEMV_MAX_ROWS = min(gemv_rows, m - 1)  # candidates are batched-GEMM launches, also below 5 rows
             for cfg in [] if args.no_int4 else int4_candidates(m):
                 os.environ["SAMBAY_W4_GEMM_BATCHED"] = ",".join(map(str, cfg))
                 y = int4(q4)
@@ -116,6 +118,7 @@ def main() -> None:
                         assert ((y.float() - ref8).norm() / ref8.norm()).item() < 1e-2, tiles
                         rec["int8"][str((*tiles, target))] = graph_us([lambda q=q: int8(q) for q in q8s])
                 os.environ.pop("SAMBAY_W8_GEMM_BATCHED", None)
+            tk.GEMV_MAX_ROWS = gemv_rows
             records.append(rec)
             best = {f: min(rec[f].items(), key=lambda kv: kv[1]) for f in ("int4", "int8") if rec[f]}
             print(f"rows {m} {n}x{k}: bf16 {rec['bf16']:.1f} us, int4 shipped {rec['int4 shipped']:.1f}, int8 shipped "

@@ -1,13 +1,13 @@
 """Weight-only quantized matmuls in Triton: W8A16 (int8 per-channel) and W4A16 (int4 group-wise).
 
-* GEMV (decode, up to GEMV_MAX_ROWS rows): each program owns BLOCK_N output channels for one activation row and walks
-  the input dimension on CUDA cores (at batch 1 the op is bound by reading the weight); dequantization happens in
-  registers and the packed weight is read once. int8 runs the dense GEMV of ``kernels/triton_gemv.py`` with a row
+* GEMV (decode: one row, or up to GEMV_MAX_ROWS rows the batched GEMMs do not take): each program owns BLOCK_N
+  output channels for one activation row and walks the input dimension on CUDA cores (at batch 1 the op is bound by
+  reading the weight); dequantization happens in registers and the packed weight is read once. int8 runs the dense GEMV of ``kernels/triton_gemv.py`` with a row
   scale. int4 runs its own kernel on the word-interleaved GPU order (``formats.interleave_int4``): bf16 activations
   in packed bfloat16x2 arithmetic, others in float32; narrow layers split the input dimension across programs
   (split-K through a self-cleaning float32 workspace).
-* Batched decode (up to 128 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles (transposed at 33-64
-  rows); int4 (bf16 activations) a tensor-core GEMM that decodes each group into bf16 tiles in registers as wgmma's
+* Batched decode (BATCHED_MIN_ROWS to 128 bf16 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles
+  (transposed at 33-64 rows); int4 a tensor-core GEMM that decodes each group into bf16 tiles in registers as wgmma's
   register operand (``_w4_batched_gemm_kernel``); both split narrow layers over K through the same workspace.
 * Prefill: int8 runs the tiled GEMM; int4 dequantizes the layer into a reused scratch buffer
   (``_w4_dequant_kernel``) and calls the vendor matmul. A fused byte-wise int4 GEMM (low/high nibble halves dotted
@@ -27,7 +27,11 @@ import triton.language as tl
 
 from ..kernels import triton_gemv
 
-GEMV_MAX_ROWS = 4  # up to this many activation rows use the GEMV kernels
+GEMV_MAX_ROWS = 4  # the GEMV kernels serve up to this many activation rows ...
+# ... but from BATCHED_MIN_ROWS bf16 rows on the batched GEMMs are faster (H100, whole 3.8B model at 2K, batch 4:
+# int8 693 -> 1,332 tok/s, int4 1,108 -> 1,521; batch 2: 554 -> 691 and 770 -> 834; bf16 1,030 and 533;
+# docs/results/2026-11-27-h100-int4-batched-transposed.txt): the GEMVs re-decode the weights for every row.
+BATCHED_MIN_ROWS = 2
 WIDE_MIN_N = 8192  # batched decode: layers with at least this many outputs take the launch tables' "wide" entries
 _INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
@@ -546,7 +550,7 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
-    if m <= GEMV_MAX_ROWS:
+    if m <= GEMV_MAX_ROWS and (m < BATCHED_MIN_ROWS or x2.dtype != torch.bfloat16):
         return w8a16_gemv(x, qweight, scales, bias)
     y = torch.empty(m, n, device=x.device, dtype=x.dtype)
     batched = w8_batched_config(m, n)
@@ -667,6 +671,22 @@ def batched_split(tiles: int, steps: int, target: int, env: str | None = None) -
     return max(1, min(triton.cdiv(target, tiles), steps // BATCHED_SPLIT_MIN_STEPS))
 
 
+def _w4_batched_ok(dtype: torch.dtype, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                   interleaved: bool) -> bool:
+    """Whether the batched int4 GEMM serves these weights and activations (bf16; groups of 128 or more, or symmetric
+    groups of 64: see the miscompile above)."""
+    return (interleaved and dtype == torch.bfloat16 and scales.dtype == torch.bfloat16
+            and (group_size >= 128 or (group_size == 64 and zeros is None)))
+
+
+def w4_takes_gemv(m: int, dtype: torch.dtype, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
+                  interleaved: bool) -> bool:
+    """Whether an ``m``-row int4 matmul runs the decode GEMV (and may fuse its epilogue): interleaved weights, at
+    most GEMV_MAX_ROWS rows, and fewer than BATCHED_MIN_ROWS unless the batched GEMM cannot take it."""
+    return interleaved and m <= GEMV_MAX_ROWS and (
+        m < BATCHED_MIN_ROWS or not _w4_batched_ok(dtype, scales, zeros, group_size, interleaved))
+
+
 def _w4_batched_gemm(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                      group_size: int, bias: torch.Tensor | None) -> torch.Tensor:
     m, k = x2.shape
@@ -750,18 +770,17 @@ def _dequant_matmul(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tenso
 def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                  group_size: int, bias: torch.Tensor | None, *, interleaved: bool = False) -> torch.Tensor:
     """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
-    column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. Decode-sized calls on
-    interleaved weights take the GEMV, up to W4_BATCHED_M bf16 rows the tensor-core GEMM that decodes groups in
-    registers; other calls of ``DEQUANT_MIN_ROWS`` rows or more dequantize into a scratch buffer and matmul; the
+    column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. One-row calls on
+    interleaved weights (up to GEMV_MAX_ROWS rows if the batched GEMM cannot take them) run the GEMV, up to
+    W4_BATCHED_M bf16 rows the tensor-core GEMM that decodes groups in registers; other calls of ``DEQUANT_MIN_ROWS`` rows or more dequantize into a scratch buffer and matmul; the
     fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph capture that finds no
     scratch)."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
-    if m <= GEMV_MAX_ROWS and interleaved:
+    if w4_takes_gemv(m, x2.dtype, scales, zeros, group_size, interleaved):
         return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
-    if (m <= W4_BATCHED_M and interleaved and x2.dtype == torch.bfloat16 and scales.dtype == torch.bfloat16
-            and (group_size >= 128 or (group_size == 64 and zeros is None))):
+    if m <= W4_BATCHED_M and _w4_batched_ok(x2.dtype, scales, zeros, group_size, interleaved):
         return _w4_batched_gemm(x2, qweight, scales, zeros, group_size, bias).reshape(*lead, n)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and (
