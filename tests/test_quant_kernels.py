@@ -43,18 +43,28 @@ def test_w8a16_matches_reference(rows, k):
     assert _rel(y, ref) < (1e-5 if not ON_GPU else 2e-3)
 
 
-@pytest.mark.parametrize("rows, k", [(6, 1100), (40, 1100), (100, 1100)])
-def test_w8a16_batched_gemm_split_k(monkeypatch, rows, k):
-    """The batched-decode int8 GEMM split over K (forced by a high program target), bf16 activations: partial tiles
-    meet in the split-K workspace; right twice in a row, workspace and tickets zero afterwards."""
+_W8_TRANSPOSED = (16, 64, 64, 4, 3, 1)  # an explicit transposed launch (the split target is appended)
+
+
+@pytest.mark.parametrize("rows, k, launch", [(6, 1100, None), (40, 1100, None), (100, 1100, None),
+                                             (6, 300, (*_W8_TRANSPOSED, 0)), (40, 1100, (*_W8_TRANSPOSED, 10_000)),
+                                             (100, 80, (*_W8_TRANSPOSED, 0))])
+def test_w8a16_batched_gemm_split_k(monkeypatch, rows, k, launch):
+    """The batched-decode int8 GEMM, bf16 activations, bias: split over K (forced by a high program target) and, with
+    an explicit launch, in its transposed form (yᵀ = W·xᵀ), split or not. Right twice in a row, the split taken as
+    asked, workspace and tickets zero afterwards."""
     from sambay_cli.kernels import triton_gemv
 
-    monkeypatch.setattr(tk, "W8_BATCHED_SPLIT_TARGET", 10_000)
+    n = 48
+    if launch is None:
+        monkeypatch.setattr(tk, "W8_BATCHED_SPLIT_TARGET", 10_000)
+    else:
+        monkeypatch.setenv("SAMBAY_W8_GEMM_BATCHED", ",".join(map(str, launch)))
+        assert tk.w8_batched_config(rows, n) == launch
     splits = []
     real = triton_gemv.split_buffers
     monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
     torch.manual_seed(rows)
-    n = 48
     q = formats.quantize_int8(torch.randn(n, k))
     x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
     ref = x.float() @ formats.dequantize_int8(q.qweight, q.scales).float().T + bias.float()
@@ -62,32 +72,7 @@ def test_w8a16_batched_gemm_split_k(monkeypatch, rows, k):
         y = tk.w8a16_linear(x.to(DEV), q.qweight.to(DEV), q.scales.to(DEV), bias.to(DEV))
         assert y.shape == (rows, n) and y.dtype == torch.bfloat16
         assert _rel(y.float().cpu(), ref) < 2 * _rel(ref.bfloat16().float(), ref) + 1e-3
-    assert splits and all(sp > 1 for sp in splits)
-    ws, tickets = triton_gemv.splitk_workspace(torch.device(DEV), 1, 1)
-    assert not ws.any() and not tickets.any()
-
-
-@pytest.mark.parametrize("rows, k, split", [(6, 300, False), (40, 1100, True), (100, 80, False)])
-def test_w8a16_batched_gemm_transposed(monkeypatch, rows, k, split):
-    """The int8 batched GEMM in its transposed form (yᵀ = W·xᵀ), also split over K: bf16 activations, bias, ragged
-    tiles; within the bf16 bound of the float32 reference, and the split-K workspace clean afterwards."""
-    from sambay_cli.kernels import triton_gemv
-
-    launch = (16, 64, 64, 4, 3, 1, 10_000 if split else 0)
-    monkeypatch.setenv("SAMBAY_W8_GEMM_BATCHED", ",".join(map(str, launch)))
-    assert tk.w8_batched_config(rows, 72) == launch
-    splits = []
-    real = triton_gemv.split_buffers
-    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
-    torch.manual_seed(rows)
-    n = 72
-    q = formats.quantize_int8(torch.randn(n, k))
-    x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
-    ref = x.float() @ formats.dequantize_int8(q.qweight, q.scales).float().T + bias.float()
-    y = tk.w8a16_linear(x.to(DEV), q.qweight.to(DEV), q.scales.to(DEV), bias.to(DEV))
-    assert y.shape == (rows, n) and y.dtype == torch.bfloat16
-    assert _rel(y.float().cpu(), ref) < 2 * _rel(ref.bfloat16().float(), ref) + 1e-3
-    assert (splits[0] > 1) == split
+    assert len(splits) == 2 and all((sp > 1) == (launch is None or launch[6] > 0) for sp in splits)
     ws, tickets = triton_gemv.splitk_workspace(torch.device(DEV), 1, 1)
     assert not ws.any() and not tickets.any()
 
