@@ -2,10 +2,10 @@
 
 * GEMV (decode: one row, or up to GEMV_MAX_ROWS rows the batched GEMMs do not take): each program owns BLOCK_N
   output channels for one activation row and walks the input dimension on CUDA cores (at batch 1 the op is bound by
-  reading the weight); dequantization happens in registers and the packed weight is read once. int8 runs the dense GEMV of ``kernels/triton_gemv.py`` with a row
-  scale. int4 runs its own kernel on the word-interleaved GPU order (``formats.interleave_int4``): bf16 activations
-  in packed bfloat16x2 arithmetic, others in float32; narrow layers split the input dimension across programs
-  (split-K through a self-cleaning float32 workspace).
+  reading the weight); dequantization happens in registers and the packed weight is read once. int8 runs the dense
+  GEMV of ``kernels/triton_gemv.py`` with a row scale. int4 runs its own kernel on the word-interleaved GPU order
+  (``formats.interleave_int4``): bf16 activations in packed bfloat16x2 arithmetic, others in float32; narrow layers
+  split the input dimension across programs (split-K through a self-cleaning float32 workspace).
 * Batched decode (BATCHED_MIN_ROWS to 128 bf16 rows): int8 runs the tiled ``tl.dot`` GEMM with narrow tiles
   (transposed at 33-64 rows); int4 a tensor-core GEMM that decodes each group into bf16 tiles in registers as wgmma's
   register operand (``_w4_batched_gemm_kernel``); both split narrow layers over K through the same workspace.
@@ -493,9 +493,10 @@ def int8_gemv_variant(k: int, n: int) -> str:
     return os.environ.get("SAMBAY_INT8_GEMV") or _default_int8_gemv(k, n)[0]
 
 
-# Batched decode (GEMV_MAX_ROWS + 1 … W8_BATCHED_M rows): the int8 GEMM with a launch per row count for wide layers
-# (at least WIDE_MIN_N outputs) and narrow ones: (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, transposed 0/1, split-K
-# program target; 0 never splits), each the best total of its layer class in H100 sweeps: 16 and 32 rows
+# Batched decode (BATCHED_MIN_ROWS … W8_BATCHED_M bf16 rows; other dtypes from GEMV_MAX_ROWS + 1): the int8 GEMM
+# with a launch per row count for wide layers (at least WIDE_MIN_N outputs) and narrow ones: (BLOCK_M, BLOCK_N,
+# BLOCK_K, warps, stages, transposed 0/1, split-K program target; 0 never splits), each the best total of its layer
+# class in H100 sweeps: 16 and 32 rows
 # (docs/results/2026-11-27-h100-gemm-m16-sweep.txt, …-batched-32-64-sweep.txt, …-int8-batched-split-k.txt); 64 and
 # 128 rows (docs/results/2026-11-27-h100-int4-batched-transposed.txt: all linears of a step at 64 rows 2,639 us
 # transposed against 3,055 before and 2,896 for bf16; at 128 rows the prefill tiles, split: 3,772 against 6,505
@@ -508,21 +509,31 @@ _W8_BATCHED_LAUNCH = ((16, (16, 32, 256, 4, 4, 0, 264), (16, 32, 256, 4, 4, 0, 2
 W8_BATCHED_SPLIT_TARGET = None  # when set, the split-K program target for every layer (tests)
 
 
+def _batched_launch(table: tuple, m: int, n: int, env: str, interpret_tiles: tuple[int, ...],
+                    split_target: int | None) -> tuple[int, ...]:
+    """A batched-decode launch from a (rows, wide, narrow) table: the entry of the first row class holding ``m`` rows,
+    wide if the layer has at least WIDE_MIN_N outputs; the environment variable ``env`` ("a,b,…", all numbers)
+    overrides it; under the interpreter the leading tile numbers become ``interpret_tiles`` (quick); ``split_target``,
+    when set, replaces the last number (the split-K program target)."""
+    override = os.environ.get(env)
+    if override:
+        cfg = tuple(int(v) for v in override.split(","))
+    else:
+        wide, narrow = next((w, nr) for rows, w, nr in table if m <= rows)
+        cfg = wide if n >= WIDE_MIN_N else narrow
+        if _INTERPRET:
+            cfg = (*interpret_tiles, *cfg[len(interpret_tiles):])
+    return cfg if split_target is None else (*cfg[:-1], split_target)
+
+
 def w8_batched_config(m: int, n: int) -> tuple[int, int, int, int, int, int, int] | None:
     """(BLOCK_M, BLOCK_N, BLOCK_K, warps, stages, transposed, split-K program target) of the int8 GEMM for ``m``
     activation rows of batched decode and ``n`` outputs, or None above W8_BATCHED_M rows (the prefill tiles);
     SAMBAY_W8_GEMM_BATCHED="block_m,block_n,block_k,warps,stages,transposed,split_target" overrides (tuning)."""
     if m > W8_BATCHED_M:
         return None
-    override = os.environ.get("SAMBAY_W8_GEMM_BATCHED")
-    if override:
-        bm, bn, bk, nw, ns, transposed, target = (int(v) for v in override.split(","))
-    else:
-        wide, narrow = next((w, nr) for rows, w, nr in _W8_BATCHED_LAUNCH if m <= rows)
-        bm, bn, bk, nw, ns, transposed, target = wide if n >= WIDE_MIN_N else narrow
-        if _INTERPRET:  # small tiles: quick in the interpreter
-            bm, bn, bk, nw, ns = 16, 32, 32, 4, 1
-    return bm, bn, bk, nw, ns, transposed, target if W8_BATCHED_SPLIT_TARGET is None else W8_BATCHED_SPLIT_TARGET
+    return _batched_launch(_W8_BATCHED_LAUNCH, m, n, "SAMBAY_W8_GEMM_BATCHED", (16, 32, 32, 4, 1),
+                           W8_BATCHED_SPLIT_TARGET)
 
 
 def _gemm_blocks(m: int) -> tuple[int, int, int]:
@@ -627,7 +638,7 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     return y.reshape(*lead, n)
 
 
-# Batched decode, GEMV_MAX_ROWS + 1 … W4_BATCHED_M bf16 activation rows: _w4_batched_gemm_kernel. Launch per row
+# Batched decode, BATCHED_MIN_ROWS … W4_BATCHED_M bf16 activation rows: _w4_batched_gemm_kernel. Launch per row
 # count for wide layers (at least WIDE_MIN_N outputs) and narrow ones: (activation rows per tile, output rows per
 # program, warps, stages, split-K program target; 0 never splits), each the best total of its layer class in the
 # H100 sweeps of docs/results/2026-11-27-h100-int4-batched-transposed.txt. All linears of a 3.8B step at 8 / 16 /
@@ -650,15 +661,8 @@ def w4_batched_config(m: int, n: int) -> tuple[int, int, int, int, int]:
     """The batched int4 GEMM's launch for ``m`` activation rows (at most W4_BATCHED_M) and ``n`` outputs: (activation
     rows per tile, output rows per program, warps, stages, split-K program target);
     SAMBAY_W4_GEMM_BATCHED="block_m,rows,warps,stages,split_target" overrides (tuning)."""
-    override = os.environ.get("SAMBAY_W4_GEMM_BATCHED")
-    if override:
-        bm, bn, nw, ns, target = (int(v) for v in override.split(","))
-    else:
-        wide, narrow = next((w, nr) for rows, w, nr in _W4_BATCHED_LAUNCH if m <= rows)
-        bm, bn, nw, ns, target = wide if n >= WIDE_MIN_N else narrow
-        if _INTERPRET:
-            bm, bn, nw, ns = 16, 16, 1, 1
-    return bm, bn, nw, ns, target if W4_BATCHED_SPLIT_TARGET is None else W4_BATCHED_SPLIT_TARGET
+    return _batched_launch(_W4_BATCHED_LAUNCH, m, n, "SAMBAY_W4_GEMM_BATCHED", (16, 16, 1, 1),
+                           W4_BATCHED_SPLIT_TARGET)
 
 
 def batched_split(tiles: int, steps: int, target: int, env: str | None = None) -> int:
@@ -705,14 +709,15 @@ def _w4_batched_gemm(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     return y
 
 
-# int4 matmuls that neither the GEMV nor the batched GEMM takes (prefill, more than W4_BATCHED_M rows; group-64
-# layers with zero points) dequantize the layer into a scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run
-# the vendor matmul. The fused GEMM (gathered activation columns, small tiles) loses from 8 rows on - by 7x on the
-# 10240-input fc2, whose 20 column blocks leave most SMs idle - and reaches 40 TFLOP/s at 2,048 rows, where this path gives a 20480x2560 layer in 347 us against 317 us
-# for the bf16 matmul alone (H100, docs/results/2026-11-27-h100-int4-prefill-dequant.txt). Inside a CUDA-graph
-# capture the path is taken only if the scratch already holds the layer (an eager step of the same shapes ran
-# first), so capture never allocates it. The scratch holds at most DEQUANT_CHUNK_ELEMENTS weights (128 MB in bf16);
-# larger layers (a quantized lm_head) go in row chunks.
+# int4 matmuls that neither the GEMV nor the batched GEMM takes (prefill, more than W4_BATCHED_M rows; group-64 layers
+# with zero points) dequantize the layer into a scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor
+# matmul. The fused GEMM (gathered activation columns, small tiles) loses from 8 rows on - by 7x on the 10240-input fc2,
+# whose 20 column blocks leave most SMs idle - and reaches 40 TFLOP/s at 2,048 rows, where this path gives a 20480x2560
+# layer in 347 us against 317 us for the bf16 matmul alone (H100,
+# docs/results/2026-11-27-h100-int4-prefill-dequant.txt). Inside a CUDA-graph capture the path is taken only if the
+# scratch already holds the layer (an eager step of the same shapes ran first), so capture never allocates it. The
+# scratch holds at most DEQUANT_CHUNK_ELEMENTS weights (128 MB in bf16); larger layers (a quantized lm_head) go in row
+# chunks.
 DEQUANT_MIN_ROWS = GEMV_MAX_ROWS + 1
 DEQUANT_CHUNK_ELEMENTS = 64 * 1024 * 1024
 _SCRATCH: dict[tuple[torch.device, torch.dtype], torch.Tensor] = {}
@@ -772,9 +777,9 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     """y = x · Wᵀ + bias with W = (code − zero) · scale. ``qweight`` holds two codes per byte in file order (even
     column in the low nibble) or, with ``interleaved``, in the GPU's word-interleaved order. One-row calls on
     interleaved weights (up to GEMV_MAX_ROWS rows if the batched GEMM cannot take them) run the GEMV, up to
-    W4_BATCHED_M bf16 rows the tensor-core GEMM that decodes groups in registers; other calls of ``DEQUANT_MIN_ROWS`` rows or more dequantize into a scratch buffer and matmul; the
-    fused tiled GEMM serves the rest (file-order decode, groups not a multiple of 8, a graph capture that finds no
-    scratch)."""
+    W4_BATCHED_M bf16 rows the tensor-core GEMM that decodes groups in registers; other calls of ``DEQUANT_MIN_ROWS``
+    rows or more dequantize into a scratch buffer and matmul; the fused tiled GEMM serves the rest (file-order
+    decode, groups not a multiple of 8, a graph capture that finds no scratch)."""
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
