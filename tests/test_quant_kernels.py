@@ -22,6 +22,21 @@ DEV = "cuda" if ON_GPU else "cpu"
 pytestmark = [pytest.mark.gpu] if ON_GPU else []
 
 
+def _spy(monkeypatch, owner, name: str, record, log: list | None = None) -> list:
+    """Wrap ``owner.name`` (for this test) so that every call, run once as before, appends ``record(args, result)`` to
+    ``log`` (a new list unless given), which is returned."""
+    log = [] if log is None else log
+    real = getattr(owner, name)
+
+    def wrapper(*args, **kwargs):
+        out = real(*args, **kwargs)
+        log.append(record(args, out))
+        return out
+
+    monkeypatch.setattr(owner, name, wrapper)
+    return log
+
+
 def _rel(a, b) -> float:
     a, b = a.double().cpu(), b.double().cpu()
     return ((a - b).norm() / b.norm()).item()
@@ -61,9 +76,7 @@ def test_w8a16_batched_gemm_split_k(monkeypatch, rows, k, launch):
     else:
         monkeypatch.setenv("SAMBAY_W8_GEMM_BATCHED", ",".join(map(str, launch)))
         assert tk.w8_batched_config(rows, n) == launch
-    splits = []
-    real = triton_gemv.split_buffers
-    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
+    splits = _spy(monkeypatch, triton_gemv, "split_buffers", lambda args, out: out[0])
     torch.manual_seed(rows)
     q = formats.quantize_int8(torch.randn(n, k))
     x, bias = torch.randn(rows, k).bfloat16(), torch.randn(n).bfloat16()
@@ -267,9 +280,7 @@ def test_w4a16_batched_rows_gemm(monkeypatch, n, k, group, rows, symmetric):
     """Batched decode (5–128 bf16 rows, several activation tiles) on word-interleaved weights takes the tensor-core
     GEMM that decodes each group in registers (once per call): ragged output rows, an odd group count, bias; within
     the bf16 bound of the float32 reference (weights and output rounded to bf16)."""
-    calls = []
-    real = tk._w4_batched_gemm
-    monkeypatch.setattr(tk, "_w4_batched_gemm", lambda *a: calls.append(a[0].shape) or real(*a))
+    calls = _spy(monkeypatch, tk, "_w4_batched_gemm", lambda args, out: args[0].shape)
     _check_int4_rows(n, k, group, rows, symmetric)
     assert calls == ([] if group == 64 and not symmetric else [(rows, k)])  # group 64 with zeros: scratch path
 
@@ -283,9 +294,7 @@ def test_w4a16_batched_rows_wide_gemm(monkeypatch, n, k, group, rows, symmetric)
 
     monkeypatch.setattr(tk, "WIDE_MIN_N", 32)
     assert tk.w4_batched_config(rows, n)[4] == 0
-    splits = []
-    real = triton_gemv.split_buffers
-    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
+    splits = _spy(monkeypatch, triton_gemv, "split_buffers", lambda args, out: out[0])
     _check_int4_rows(n, k, group, rows, symmetric)
     assert splits == [1]
 
@@ -294,13 +303,13 @@ def test_w4a16_batched_rows_wide_gemm(monkeypatch, n, k, group, rows, symmetric)
 def test_decode_rows_routing(monkeypatch, rows):
     """One row takes the decode GEMVs; from BATCHED_MIN_ROWS bf16 rows on the batched GEMMs take over (the GEMVs
     re-decode the weights for every row), while float32 rows up to GEMV_MAX_ROWS stay on the exact GEMVs (beyond:
-    int4 dequantizes into the scratch). The fused SwiGLU epilogue runs only where the GEMV does. Results within the bf16 / float32 bounds either way."""
+    int4 dequantizes into the scratch). The fused SwiGLU epilogue runs only where the GEMV does. Results within the
+    bf16 / float32 bounds either way."""
     from sambay_cli.quant import modules
 
     calls = []
     for name in ("w4a16_gemv", "_w4_batched_gemm", "w8a16_gemv"):
-        real = getattr(tk, name)
-        monkeypatch.setattr(tk, name, lambda *a, _n=name, _r=real, **kw: calls.append(_n) or _r(*a, **kw))
+        _spy(monkeypatch, tk, name, lambda args, out, _n=name: _n, calls)
     torch.manual_seed(rows)
     n, k = 48, 256
     w = torch.randn(n, k)
@@ -353,9 +362,7 @@ def test_w4a16_batched_rows_gemm_split_k(monkeypatch, rows, group, symmetric):
     from sambay_cli.kernels import triton_gemv
 
     monkeypatch.setattr(tk, "W4_BATCHED_SPLIT_TARGET", 10_000)
-    splits = []
-    real = triton_gemv.split_buffers
-    monkeypatch.setattr(triton_gemv, "split_buffers", lambda *a: splits.append(real(*a)[0]) or real(*a))
+    splits = _spy(monkeypatch, triton_gemv, "split_buffers", lambda args, out: out[0])
     n, k = 40, 8 * group
     assert tk.batched_split(6, k // group, tk.W4_BATCHED_SPLIT_TARGET) == 4
     _check_int4_rows(n, k, group, rows, symmetric, calls=2)
@@ -477,9 +484,9 @@ def test_3d_input_and_dispatch_seam(monkeypatch):
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 def test_gpu_batched_split_k_in_cuda_graph():
-    """Batched decode (24 rows) on a narrow, long layer — the int4 and int8 batched GEMMs split K — captured in a CUDA
-    graph after an eager call (which sized the workspace): replays give the right product for new inputs, and the
-    workspace and tickets are clean after each replay."""
+    """Batched decode (24 rows) on a narrow, long layer — the int4 and int8 batched GEMMs split K — captured in a
+    CUDA graph after an eager call (which sized the workspace): replays give the right product for new inputs, and
+    the workspace and tickets are clean after each replay."""
     from sambay_cli.kernels import triton_gemv
 
     torch.manual_seed(3)
@@ -509,9 +516,9 @@ def test_gpu_batched_split_k_in_cuda_graph():
 
 @pytest.mark.skipif(not ON_GPU, reason="needs a CUDA GPU")
 def test_gpu_int4_batched_rows_in_cuda_graph(monkeypatch):
-    """W4_BATCHED_M + 16 activation rows (above the batched-decode GEMM) inside a CUDA-graph capture: with the scratch buffer left
-    by an eager call the graph dequantizes into it and replays the right product; with no scratch the capture takes
-    the fused GEMM and allocates none."""
+    """W4_BATCHED_M + 16 activation rows (above the batched-decode GEMM) inside a CUDA-graph capture: with the
+    scratch buffer left by an eager call the graph dequantizes into it and replays the right product; with no
+    scratch the capture takes the fused GEMM and allocates none."""
     torch.manual_seed(2)
     n, k = 512, 1024
     q = formats.quantize_int4(torch.randn(n, k, device=DEV) * 0.02, 128)
