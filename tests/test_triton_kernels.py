@@ -184,6 +184,19 @@ def test_attention_decode_many_splits_some_empty():
         _close(out[i:i + 1], ref)
 
 
+def test_attention_decode_launch_policy(monkeypatch):
+    """The decode-attention launch (H100 sweep): 64-key blocks and up to 32 splits while the rows leave SMs idle,
+    32-key blocks and about four programs per SM once they fill it; the SWA ring caps the splits; the environment
+    overrides it."""
+    monkeypatch.delenv("SAMBAY_ATTN_DECODE", raising=False)
+    assert ops.attention_decode_launch(10, 512, 132) == (64, 8, 4, 2)  # batch 1, SWA ring of 512
+    assert ops.attention_decode_launch(10, 34816, 132) == (64, 32, 4, 2)  # batch 1, shared KV of a 32K generation
+    assert ops.attention_decode_launch(160, 4096, 132) == (32, 4, 4, 2)  # batch 16
+    assert ops.attention_decode_launch(10, 40, 132) == (64, 1, 4, 2)
+    monkeypatch.setenv("SAMBAY_ATTN_DECODE", "16,4,2,1")
+    assert ops.attention_decode_launch(10, 34816, 132) == (16, 4, 2, 1)
+
+
 def test_attention_decode_fused_merge_and_fallback(monkeypatch):
     """The split programs' merge runs in the last program to finish (ticket counters, left at zero for the next
     call); without counters (a CUDA-graph capture that finds none) the separate merge kernel gives the same

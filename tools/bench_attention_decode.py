@@ -1,7 +1,15 @@
 #!/usr/bin/env python3
-"""Time the Triton decode-attention kernel on the official shape for several launch configurations (GPU).
+"""Time the Triton decode-attention kernel (differential attention, 3.8B shape) on a GPU: the default launch of
+``triton_ops.attention_decode_launch`` against a sweep of launches, each timed as 20 calls replayed from one CUDA
+graph (as the decode step runs it; eager calls would time Python's launch cost instead).
 
-    python tools/bench_attention_decode.py --contexts 2048 32768 --batches 1 16
+    python tools/bench_attention_decode.py                       # the default cases below
+    python tools/bench_attention_decode.py --case 1,34816,2048 --case 16,512,512 --json sweep.json
+
+A case is batch,cache_positions,filled_keys: the SWA ring is 512 positions, full; the shared KV is as long as the
+generation (prompt + --max-tokens) and filled to the current context. The last table ranks the launches that ran in
+the most cases (a launch with more splits than a small cache can fill is skipped there) by their mean time relative
+to the default.
 """
 
 from __future__ import annotations
@@ -18,55 +26,98 @@ import torch  # noqa: E402
 
 from sambay_cli.kernels import triton_ops  # noqa: E402
 
+CASES = ["1,512,512", "1,4096,2048", "1,34816,2048", "1,34816,8192", "1,34816,32768", "16,512,512", "16,4096,2048"]
 
-def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--contexts", type=int, nargs="+", default=[2048, 32768])
-    ap.add_argument("--batches", type=int, nargs="+", default=[1, 16])
-    ap.add_argument("--max-length", type=int, default=34816)
-    args = ap.parse_args()
+
+def graph_time_us(fn, reps: int = 20) -> float:
+    """Best of five replays of a graph holding ``reps`` calls, in µs per call."""
+    fn()
+    torch.cuda.synchronize()
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        fn()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(reps):
+            fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    best = float("inf")
+    for _ in range(5):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        graph.replay()
+        end.record()
+        torch.cuda.synchronize()
+        best = min(best, 1000 * start.elapsed_time(end) / reps)
+    return best
+
+
+def time_case(bsz: int, s_max: int, filled: int, launches: list[tuple[int, int, int, int]]) -> dict[str, float]:
+    """µs per call of the default launch and of each of ``launches`` (block_s, splits, num_warps, num_stages)."""
     h, g, d = 40, 20, 64
     dev = "cuda"
-    rows = []
-    for b, ctx in itertools.product(args.batches, args.contexts):
-        q = torch.randn(b, h, d, device=dev, dtype=torch.bfloat16)
-        k = torch.randn(b, g, args.max_length, d, device=dev, dtype=torch.bfloat16)
-        v = torch.randn_like(k)
-        valid = torch.zeros(b, args.max_length, dtype=torch.bool, device=dev)
-        valid[:, :ctx] = True
-        n = torch.full((b,), ctx, dtype=torch.long, device=dev)
-        lam = torch.tensor(0.3, device=dev)
-        w = torch.ones(2 * d, device=dev)
-        nbytes = 2 * b * g * ctx * d * 2
-        for block_s, warps, pps, stages in itertools.product((32, 64, 128), (4, 8), (2, 4, 8), (2, 3)):
-            def run(q=q, k=k, v=v, valid=valid, n=n, lam=lam, w=w, block_s=block_s, warps=warps, pps=pps,
-                    stages=stages):
-                return triton_ops.diff_attention_decode(q, k, v, valid, n, scale=0.125, lambda_full=lam,
-                                                        lambda_init=0.8, subln_weight=w, eps=1e-5, block_s=block_s,
-                                                        num_warps=warps, num_stages=stages, programs_per_sm=pps)
-            try:
-                run()
-                torch.cuda.synchronize()
-                start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-                start.record()
-                for _ in range(20):
-                    run()
-                end.record()
-                torch.cuda.synchronize()
-                ms = start.elapsed_time(end) / 20
-                rows.append({"batch": b, "context": ctx, "block_s": block_s, "num_warps": warps,
-                             "programs_per_sm": pps, "num_stages": stages, "us": round(1000 * ms, 1),
-                             "TB_s": round(nbytes / ms / 1e9, 3)})
-            except Exception as e:  # noqa: BLE001 - report and continue (e.g. out of resources)
-                rows.append({"batch": b, "context": ctx, "block_s": block_s, "num_warps": warps,
-                             "programs_per_sm": pps, "num_stages": stages, "error": type(e).__name__})
-    for b, ctx in itertools.product(args.batches, args.contexts):
-        sel = sorted((r for r in rows if r["batch"] == b and r["context"] == ctx and "us" in r), key=lambda r: r["us"])
-        default = next((r for r in sel if r["block_s"] == 64 and r["num_warps"] == 4 and r["programs_per_sm"] == 4
-                        and r["num_stages"] == 2),
-                       None)
-        print(f"batch {b} ctx {ctx}: default {default}; best {sel[:3]}")
-    print(json.dumps(rows))
+    q = torch.randn(bsz, h, d, device=dev, dtype=torch.bfloat16)
+    k = torch.randn(bsz, g, s_max, d, device=dev, dtype=torch.bfloat16)
+    v = torch.randn_like(k)
+    valid = torch.zeros(bsz, s_max, dtype=torch.bool, device=dev)
+    valid[:, :filled] = True
+    n = torch.full((bsz,), filled, dtype=torch.long, device=dev)
+    lam = torch.tensor(0.3, device=dev)
+    w = torch.ones(2 * d, device=dev)
+
+    def run(**launch):
+        return lambda: triton_ops.diff_attention_decode(q, k, v, valid, n, scale=0.125, lambda_full=lam,
+                                                        lambda_init=0.8, subln_weight=w, eps=1e-5,
+                                                        out_dtype=torch.bfloat16, **launch)
+
+    default = triton_ops.attention_decode_launch(bsz * g // 2, s_max, triton_ops._sm_count(q.device))
+    graph_time_us(run())  # warm-up: the first launch timed after the allocations ran up to 14 % slow
+    times = {"default": graph_time_us(run())}
+    for block_s, splits, warps, stages in launches:
+        try:
+            times[f"{block_s},{splits},{warps},{stages}"] = graph_time_us(
+                run(block_s=block_s, splits=splits, num_warps=warps, num_stages=stages))
+        except Exception as e:  # noqa: BLE001 - report and go on (e.g. out of shared memory)
+            print(f"{bsz},{s_max},{filled}: {block_s},{splits},{warps},{stages}: {type(e).__name__}", flush=True)
+    nbytes = 2 * bsz * g * filled * d * 2
+    best = sorted((t, key) for key, t in times.items())[:4]
+    print(f"batch {bsz}, {s_max} positions, {filled} keys: default {default} {times['default']:.2f} µs "
+          f"({nbytes / times['default'] / 1e6:.2f} TB/s); best " + ", ".join(f"{key} {t:.2f}" for t, key in best),
+          flush=True)
+    return times
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--case", action="append", help="batch,cache_positions,filled_keys (repeatable)")
+    ap.add_argument("--block-s", type=int, nargs="+", default=[32, 64, 128])
+    ap.add_argument("--splits", type=int, nargs="+", default=[4, 8, 16, 32, 64])
+    ap.add_argument("--warps", type=int, nargs="+", default=[2, 4])
+    ap.add_argument("--stages", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--json", type=Path, help="write every timing here")
+    args = ap.parse_args()
+    table: dict[str, dict[str, float]] = {}
+    for case in args.case or CASES:
+        bsz, s_max, filled = (int(v) for v in case.split(","))
+        launches = [launch for launch in itertools.product(args.block_s, args.splits, args.warps, args.stages)
+                    if launch[1] == 1 or launch[1] * launch[0] <= s_max]  # else some splits could never own keys
+        table[case] = time_case(bsz, s_max, filled, launches)
+        torch.cuda.empty_cache()
+    ratios: dict[str, list[float]] = {}
+    for times in table.values():
+        for key, t in times.items():
+            if key != "default":
+                ratios.setdefault(key, []).append(t / times["default"])
+    ranked = sorted((sum(r) / len(r), key, len(r)) for key, r in ratios.items() if len(r) == max(map(len, ratios.values())))
+    print("mean time relative to the default, launches that ran in the most cases:")
+    for ratio, key, count in ranked[:10]:
+        print(f"  {key}: {ratio:.3f} over {count} cases")
+    if args.json:
+        args.json.write_text(json.dumps(table, indent=1))
 
 
 if __name__ == "__main__":

@@ -395,7 +395,7 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
     W: tl.constexpr = 2 * HD if DIFF else HD
     NR: tl.constexpr = 2 * R if DIFF else R
     n_keys = tl.load(len_ptr + pid_b)
-    per_split = tl.cdiv(tl.cdiv(n_keys, SPLIT), BLOCK_S) * BLOCK_S
+    per_split = _split_keys(n_keys, SPLIT, BLOCK_S)
     s_begin = sp * per_split
     s_end = tl.minimum(s_begin + per_split, n_keys)
     offs_m = tl.arange(0, MP)
@@ -451,44 +451,60 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
         counter = cnt_ptr + pid_b * tl.num_programs(1) + g
         if tl.atomic_add(counter, 1, sem="acq_rel") == NSPLIT - 1:
             tl.atomic_xchg(counter, 0, sem="relaxed")
-            _combine_group(pid_b, g, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr, stride_ob, stride_oh, stride_os,
-                           stride_mb, stride_mh, stride_outb, stride_outh, lambda_init, eps, R, HD, DIFF, NSPLIT, W,
-                           ".cg")
+            _combine_group(pid_b, g, tl.cdiv(n_keys, per_split), o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
+                           stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh, lambda_init,
+                           eps, R, HD, DIFF, NSPLIT, W, ".cg")
 
 
 @triton.jit
-def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
+def _split_keys(n_keys, SPLIT, BLOCK_S: tl.constexpr):
+    """Keys per split program: an equal share of the filled length, rounded up to whole key blocks (at least one,
+    so that the number of splits owning keys, cdiv(n_keys, per_split), is defined for an empty row too)."""
+    return tl.maximum(tl.cdiv(tl.cdiv(n_keys, SPLIT), BLOCK_S) * BLOCK_S, BLOCK_S)
+
+
+@triton.jit
+def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr, len_ptr,
                          stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh,
                          lambda_init, eps,
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, SPLIT: tl.constexpr,
-                         W: tl.constexpr):
+                         W: tl.constexpr, BLOCK_S: tl.constexpr):
     """Merge the split partials of one (batch, group) — the unfused second kernel (used where no ticket counters
     are available, e.g. a first call inside a CUDA-graph capture)."""
-    _combine_group(tl.program_id(0).to(tl.int64), tl.program_id(1), o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
-                   stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh, lambda_init, eps,
-                   R, HD, DIFF, SPLIT, W, "")
+    pid_b = tl.program_id(0).to(tl.int64)
+    n_keys = tl.load(len_ptr + pid_b)
+    _combine_group(pid_b, tl.program_id(1), tl.cdiv(n_keys, _split_keys(n_keys, SPLIT, BLOCK_S)), o_ptr, m_ptr, l_ptr,
+                   lam_ptr, w_ptr, out_ptr, stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb,
+                   stride_outh, lambda_init, eps, R, HD, DIFF, SPLIT, W, "")
 
 
 @triton.jit
-def _combine_group(pid_b, g, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
+def _combine_group(pid_b, g, active, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                    stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh,
                    lambda_init, eps,
                    R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, SPLIT: tl.constexpr,
                    W: tl.constexpr, CACHE: tl.constexpr):
     """Merge the split partials of one (batch, group); for differential attention also λ-combine, RMS-normalise
     over 2·HD, scale by (1 − λ_init) and write heads (2p, 2p+1). CACHE ".cg": read the partials from L2 (other
-    programs wrote them during this kernel)."""
+    programs wrote them during this kernel). Only the first ``active`` splits own keys: the others' partials are
+    not read (masked loads, one round trip as before), which keeps a graph captured with many splits cheap while
+    the filled length is short."""
     offs_s = tl.arange(0, SPLIT)
+    s_ok = offs_s < active
     offs_w = tl.arange(0, W)
     offs_r = tl.arange(0, R)
     if DIFF:
         rows1 = g * 2 * R + offs_r
         rows2 = rows1 + R
         mb = m_ptr + pid_b * stride_mb
-        ms1 = tl.load(mb + rows1[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
-        ms2 = tl.load(mb + rows2[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
-        ls1 = tl.load(l_ptr + pid_b * stride_mb + rows1[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
-        ls2 = tl.load(l_ptr + pid_b * stride_mb + rows2[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
+        ms1 = tl.load(mb + rows1[:, None] * stride_mh + offs_s[None, :], mask=s_ok[None, :],
+                      other=float("-inf"), cache_modifier=CACHE)
+        ms2 = tl.load(mb + rows2[:, None] * stride_mh + offs_s[None, :], mask=s_ok[None, :],
+                      other=float("-inf"), cache_modifier=CACHE)
+        ls1 = tl.load(l_ptr + pid_b * stride_mb + rows1[:, None] * stride_mh + offs_s[None, :], mask=s_ok[None, :],
+                      other=0.0, cache_modifier=CACHE)
+        ls2 = tl.load(l_ptr + pid_b * stride_mb + rows2[:, None] * stride_mh + offs_s[None, :], mask=s_ok[None, :],
+                      other=0.0, cache_modifier=CACHE)
         mx1 = tl.max(ms1, axis=1)
         mx2 = tl.max(ms2, axis=1)
         mx1 = tl.where(mx1 == float("-inf"), 0.0, mx1)
@@ -501,9 +517,9 @@ def _combine_group(pid_b, g, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
         den2 = tl.where(den2 == 0.0, 1.0, den2)
         ob = o_ptr + pid_b * stride_ob
         o1 = tl.load(ob + rows1[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :],
-                     cache_modifier=CACHE)
+                     mask=s_ok[None, :, None], other=0.0, cache_modifier=CACHE)
         o2 = tl.load(ob + rows2[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :],
-                     cache_modifier=CACHE)
+                     mask=s_ok[None, :, None], other=0.0, cache_modifier=CACHE)
         a1 = tl.sum(o1 * f1[:, :, None], axis=1) / den1[:, None]  # [R, 2HD]
         a2 = tl.sum(o2 * f2[:, :, None], axis=1) / den2[:, None]
         lam = tl.load(lam_ptr)
@@ -517,8 +533,10 @@ def _combine_group(pid_b, g, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                  o.to(out_ptr.dtype.element_ty))
     else:
         rows = g * R + offs_r
-        ms = tl.load(m_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
-        ls = tl.load(l_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :], cache_modifier=CACHE)
+        ms = tl.load(m_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :], mask=s_ok[None, :],
+                      other=float("-inf"), cache_modifier=CACHE)
+        ls = tl.load(l_ptr + pid_b * stride_mb + rows[:, None] * stride_mh + offs_s[None, :], mask=s_ok[None, :],
+                      other=0.0, cache_modifier=CACHE)
         mx = tl.max(ms, axis=1)
         mx = tl.where(mx == float("-inf"), 0.0, mx)
         f = tl.exp(ms - mx[:, None])
@@ -526,7 +544,7 @@ def _combine_group(pid_b, g, o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
         den = tl.where(den == 0.0, 1.0, den)
         ob = o_ptr + pid_b * stride_ob
         o = tl.load(ob + rows[:, None, None] * stride_oh + offs_s[None, :, None] * stride_os + offs_w[None, None, :],
-                    cache_modifier=CACHE)
+                    mask=s_ok[None, :, None], other=0.0, cache_modifier=CACHE)
         a = tl.sum(o * f[:, :, None], axis=1) / den[:, None]
         tl.store(out_ptr + pid_b * stride_outb + rows[:, None] * stride_outh + offs_w[None, :],
                  a.to(out_ptr.dtype.element_ty))
@@ -541,15 +559,37 @@ def _sm_count(device: torch.device) -> int:
 _SM_COUNTS: dict[int, int] = {}
 
 
+ATTN_DECODE_MAX_SPLITS = 32  # merging more partials in one program cost more than the extra programs gained (H100)
+
+
+def attention_decode_launch(programs: int, s_max: int, sm_count: int) -> tuple[int, int, int, int]:
+    """(block_s, splits, num_warps, num_stages) of the decode-attention kernel for ``programs`` (batch × KV group)
+    rows of work over a cache of ``s_max`` positions, fixed per CUDA graph (the filled length varies inside one).
+
+    The best overall on an H100 (``tools/bench_attention_decode.py``, 3.8B shape, SWA ring of 512 and a shared KV
+    of 4K or 34K positions filled to 2K-32K, batch 1 and 16): key blocks of 64 while the rows alone do not fill the
+    GPU, else 32; about four programs per SM, at most 32 splits; 4 warps, 2 stages.
+    ``SAMBAY_ATTN_DECODE="block_s,splits,num_warps,num_stages"`` overrides it (tuning)."""
+    override = os.environ.get("SAMBAY_ATTN_DECODE", "")
+    if "," in override:
+        block_s, splits, num_warps, num_stages = (int(v) for v in override.split(","))
+        return block_s, splits, num_warps, num_stages
+    block_s = 64 if programs < sm_count else 32
+    want = math.ceil(4 * sm_count / programs)
+    splits = max(1, min(ATTN_DECODE_MAX_SPLITS, triton.next_power_of_2(want),
+                        triton.next_power_of_2(math.ceil(s_max / block_s))))
+    return block_s, splits, 4, 2
+
+
 def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
-                          out_dtype=torch.float32, splits: int | None = None, block_s: int = 128, num_warps: int = 4,
-                          num_stages: int = 2, programs_per_sm: int = 8):
+                          out_dtype=torch.float32, splits: int | None = None, block_s: int | None = None,
+                          num_warps: int | None = None, num_stages: int | None = None):
     """Decode attention for one query per sequence.
 
     q: [B, H, d]; k, v: [B, G, S_max, d] (a cache; only the first ``n_keys`` positions are read); valid: [B, S_max]
     (bool/uint8: padding and empty slots are False); n_keys: int64 tensor [B] on the device, keys per row
-    (graph-safe). Each row's filled length is shared among ``splits`` programs per KV group (by default enough
-    programs to give every SM ``programs_per_sm`` of them). Dots run in q's dtype (IEEE precision for
+    (graph-safe). Each row's filled length is shared among ``splits`` programs per KV group; launch parameters left
+    as None come from :func:`attention_decode_launch`. Dots run in q's dtype (IEEE precision for
     float32); a cache in another dtype (fp8 shared KV) is widened on load.
     Returns [B, H, d] in ``out_dtype`` — for differential attention already normalised and scaled, heads in order.
     """
@@ -562,9 +602,11 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         "head_dim (>= 16) and H/G must be powers of 2"
     width = 2 * d if diff else d
     groups = g // 2 if diff else g
-    if splits is None:
-        want = math.ceil(programs_per_sm * _sm_count(q.device) / (bsz * groups))
-        splits = max(1, min(64, triton.next_power_of_2(want), triton.next_power_of_2(math.ceil(s_max / block_s))))
+    launch = attention_decode_launch(bsz * groups, s_max, _sm_count(q.device))
+    block_s = launch[0] if block_s is None else block_s
+    splits = launch[1] if splits is None else splits
+    num_warps = launch[2] if num_warps is None else num_warps
+    num_stages = launch[3] if num_stages is None else num_stages
     n_rows = 2 * r if diff else r
     o = torch.empty(bsz, h, splits, width, device=q.device, dtype=torch.float32)
     m = torch.empty(bsz, h, splits, device=q.device, dtype=torch.float32)
@@ -595,9 +637,9 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     )
     if not fused:
         _attn_decode_combine[(bsz, groups)](
-            o, m, lsum, lam, w, out, o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
+            o, m, lsum, lam, w, out, n_keys, o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
             out.stride(0), out.stride(1), float(lambda_init), float(eps),
-            R=r, HD=d, DIFF=diff, SPLIT=splits, W=width,
+            R=r, HD=d, DIFF=diff, SPLIT=splits, W=width, BLOCK_S=block_s,
         )
     return out.view(bsz, h, d)
 
