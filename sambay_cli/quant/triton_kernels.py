@@ -85,8 +85,6 @@ def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
         else:
             acc += tl.dot(x, w, out_dtype=tl.float32)
     scale = tl.load(s_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
     if TRANSPOSED:
         acc = acc * scale[:, None]
     else:
@@ -96,8 +94,9 @@ def _w8_gemm_kernel(x_ptr, w_ptr, s_ptr, b_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, K,
                                                   cnt_ptr + pid_n * tl.num_programs(0) + pid_m, SPLIT)
     else:
         last = True
-    if last:
+    if last:  # only the program that stores reads the bias
         if HAS_BIAS:
+            bias = tl.load(b_ptr + offs_n, mask=mask_n, other=0.0).to(tl.float32)
             if TRANSPOSED:
                 acc += bias[:, None]
             else:
