@@ -644,9 +644,10 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
 # 32 / 64 / 128 rows: 1,496 / 1,580 / 1,947 / 2,461 / 3,499 us, against 1,660 / 1,763 / 2,151 / 2,616 / 6,192 for
 # the kernels before (weights as the dot's second operand up to 64 rows, the scratch path above) and 2,810 / 2,865 /
 # 2,861 / 2,903 / 3,090 for bf16.
-# Groups of 64 with zero points are left out: compiled for sm_90 by Triton 3.6 the earlier orientation of this kernel
-# returned wrong sums for them (relative error ~1, whatever the zero values; symmetric group-64 and groups of 128
-# were right; the interpreter is right), so they take the scratch path.
+# Groups of 64 with zero points: compiled for sm_90 by Triton 3.6 the earlier orientation of this kernel returned
+# wrong sums for them (relative error ~1, whatever the zero values), so until the eighth session they took the
+# scratch path. This transposed kernel computes them right (H100: 2-128 rows, with and without split-K, 3.8B shapes,
+# docs/results/2026-11-27-h100-attention-decode-launch.txt); the GPU tests hold it to that.
 W4_BATCHED_M = 128
 _W4_BATCHED_LAUNCH = ((16, (16, 64, 4, 3, 528), (16, 64, 4, 3, 528)),  # rows, wide layers, narrow layers
                       (32, (32, 128, 8, 3, 0), (32, 64, 4, 3, 528)),
@@ -676,10 +677,10 @@ def batched_split(tiles: int, steps: int, target: int, env: str | None = None) -
 
 def _w4_batched_ok(dtype: torch.dtype, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
                    interleaved: bool) -> bool:
-    """Whether the batched int4 GEMM serves these weights and activations (bf16; groups of 128 or more, or symmetric
-    groups of 64: see the miscompile above)."""
-    return (interleaved and dtype == torch.bfloat16 and scales.dtype == torch.bfloat16
-            and (group_size >= 128 or (group_size == 64 and zeros is None)))
+    """Whether the batched int4 GEMM serves these weights and activations: bf16, word-interleaved, groups of 64 or
+    more (a group's quarter is one dot's K, at least 16). ``zeros`` is unused since the group-64 miscompile above no
+    longer applies; kept so that the callers' signature says what the decision may depend on."""
+    return interleaved and dtype == torch.bfloat16 and scales.dtype == torch.bfloat16 and group_size >= 64
 
 
 def w4_takes_gemv(m: int, dtype: torch.dtype, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
@@ -708,8 +709,8 @@ def _w4_batched_gemm(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tens
     return y
 
 
-# int4 matmuls that neither the GEMV nor the batched GEMM takes (prefill, more than W4_BATCHED_M rows; group-64 layers
-# with zero points) dequantize the layer into a scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor
+# int4 matmuls that neither the GEMV nor the batched GEMM takes (prefill, more than W4_BATCHED_M rows; groups under 64
+# or fp16/fp32 activations) dequantize the layer into a scratch buffer (2.2-2.3 TB/s: int4 read + bf16 write) and run the vendor
 # matmul. The fused GEMM (gathered activation columns, small tiles) loses from 8 rows on - by 7x on the 10240-input fc2,
 # whose 20 column blocks leave most SMs idle - and reaches 40 TFLOP/s at 2,048 rows, where this path gives a 20480x2560
 # layer in 347 us against 317 us for the bf16 matmul alone (H100,
