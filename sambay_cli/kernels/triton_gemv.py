@@ -78,34 +78,6 @@ def _load_x(x_row, ks, K, EVEN_K: tl.constexpr):
 
 
 @triton.jit
-def norm_prologue(h_ptr, d_ptr, nw_ptr, nb_ptr, hout_ptr, x_ptr, row, K, eps, write_h,
-                  HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr):
-    """The residual add + norm before a decode linear, done by every program of that linear (no kernel of its own):
-    h ← h + delta (float32; the program with ``write_h`` stores it), and x = norm(h) written where the product loop
-    then reads its activations. All programs write the same x (the same loads and reductions); each reads back only
-    after its own write (the barrier), so what it reads is this step's x whichever program's write lands last.
-    Numerics as ``triton_ops.add_norm``."""
-    offs = tl.arange(0, BLOCK)
-    ok = offs < K
-    h = tl.load(h_ptr + row * K + offs, mask=ok, other=0.0).to(tl.float32)
-    if HAS_DELTA:
-        h += tl.load(d_ptr + row * K + offs, mask=ok, other=0.0).to(tl.float32)
-        if write_h:
-            tl.store(hout_ptr + row * K + offs, h, mask=ok)
-    x = h.to(x_ptr.dtype.element_ty).to(tl.float32)
-    if RMS:
-        y = x * tl.rsqrt(tl.sum(x * x, axis=0) / K + eps)
-    else:
-        xc = tl.where(ok, x - tl.sum(x, axis=0) / K, 0.0)
-        y = xc * tl.rsqrt(tl.sum(xc * xc, axis=0) / K + eps)
-    y = y * tl.load(nw_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    if HAS_BIAS:
-        y += tl.load(nb_ptr + offs, mask=ok, other=0.0).to(tl.float32)
-    tl.store(x_ptr + row * K + offs, y.to(x_ptr.dtype.element_ty), mask=ok)
-    tl.debug_barrier()
-
-
-@triton.jit
 def splitk_range(K, STEP: tl.constexpr, SPLIT, ATOMIC: tl.constexpr):
     """[start, stop) of this program's share (program_id(2) of SPLIT) of a K loop in steps of STEP. Without ATOMIC the
     whole of it from a constant 0, so an unsplit loop compiles as it would without split-K."""

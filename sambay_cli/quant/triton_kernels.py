@@ -224,10 +224,7 @@ def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr,
 def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn,
                     stride_sn, stride_mm, stride_ym, MAGIC, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr,
-                    ATOMIC: tl.constexpr, X_PAIRS: tl.constexpr, EMULATE: tl.constexpr = False,
-                    h_ptr=None, d_ptr=None, nw_ptr=None, nb_ptr=None, hout_ptr=None, eps=0.0,
-                    NORM: tl.constexpr = False, HAS_DELTA: tl.constexpr = False, NORM_BIAS: tl.constexpr = False,
-                    RMS: tl.constexpr = False, NORM_BLOCK: tl.constexpr = 16):
+                    ATOMIC: tl.constexpr, X_PAIRS: tl.constexpr, EMULATE: tl.constexpr = False):
     """W4A16 decode GEMV over word-interleaved int4 words (bf16 activations read as pairs, packed bf16 math).
 
     Program (n-block, k-split, activation row): BLOCK_N output rows (and, for the SwiGLU epilogue, the matching "up"
@@ -239,9 +236,6 @@ def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     row = tl.program_id(2)
-    if NORM:  # x ← norm(h + delta), written by every program before its loop reads it
-        triton_gemv.norm_prologue(h_ptr, d_ptr, nw_ptr, nb_ptr, hout_ptr, x_ptr, row, K, eps,
-                                  (pid_n == 0) & (pid_k == 0), HAS_DELTA, NORM_BIAS, RMS, NORM_BLOCK)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
     mask_n = offs_n < N
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)  # clamped: the loads stay in bounds without a mask
@@ -617,8 +611,7 @@ def w4_gemv_config(n: int, k: int, group_size: int, epilogue: str = "none") -> t
 
 def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
                group_size: int, bias: torch.Tensor | None, *, epilogue: str = "none",
-               memory: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None,
-               norm: tuple | None = None):
+               memory: torch.Tensor | None = None, config: tuple[int, int, int, int] | None = None) -> torch.Tensor:
     """Decode-sized W4A16 (up to GEMV_MAX_ROWS activation rows) on **word-interleaved** int4 weights
     (:func:`~.formats.interleave_int4`; group_size a multiple of 8), with the fused epilogues of the int8 GEMV:
     ``swiglu`` (rows are [gate | up]; returns silu(gate)·up) or ``gate`` (silu(y)·memory). bf16 activations are read
@@ -635,21 +628,12 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     words = qweight.view(torch.int32)
     pairs = x2.dtype == torch.bfloat16 and x2.stride(0) % 2 == 0 and x2.data_ptr() % 4 == 0
     grid = (blocks, split, m)
-    norm_kw, h_out = {}, None
-    if norm is not None:  # x2 is the buffer the prologue writes norm(h + delta) into
-        h, delta, nw_, nb_, eps, rms = norm
-        h_out = torch.empty_like(h) if delta is not None else h
-        norm_kw = dict(h_ptr=h, d_ptr=delta if delta is not None else h, nw_ptr=nw_, nb_ptr=nb_ if nb_ is not None else nw_,
-                       hout_ptr=h_out, eps=float(eps), NORM=True, HAS_DELTA=delta is not None,
-                       NORM_BIAS=nb_ is not None, RMS=rms, NORM_BLOCK=triton.next_power_of_2(k))
     _w4_gemv_kernel[grid](x2, words, scales, zeros if zeros is not None else scales,
                           bias if bias is not None else scales, mem, y, partials, tickets, n, k, x2.stride(0),
                           words.stride(0), scales.stride(0), mem.stride(0), y.stride(0), _MAGIC, split,
                           GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, EPILOGUE=kind,
                           BLOCK_N=bn, NG=ng, ATOMIC=split > 1, X_PAIRS=pairs, EMULATE=_INTERPRET,
-                          num_warps=nw, **norm_kw)
-    if norm is not None:
-        return y.reshape(*lead, n), h_out
+                          num_warps=nw)
     return y.reshape(*lead, n)
 
 
