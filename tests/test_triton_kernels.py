@@ -185,16 +185,23 @@ def test_attention_decode_many_splits_some_empty():
 
 
 def test_attention_decode_launch_policy(monkeypatch):
-    """The decode-attention launch (H100 sweep): 64-key blocks and up to 32 splits while the rows leave SMs idle,
-    32-key blocks and about four programs per SM once they fill it; the SWA ring caps the splits; the environment
-    overrides it."""
+    """The decode-attention launch (H100 measurements) by rows of work: about one sequence's rows take 64-key blocks
+    and up to 32 splits; up to four rows per SM 32-key blocks and about four programs per SM (an fp8 cache 128-key
+    blocks and eight); more rows 128-key blocks and eight; a short cache caps the splits; the environment overrides
+    it."""
     monkeypatch.delenv("SAMBAY_ATTN_DECODE", raising=False)
-    assert ops.attention_decode_launch(10, 512, 132) == (64, 8, 4, 2)  # batch 1, SWA ring of 512
-    assert ops.attention_decode_launch(10, 34816, 132) == (64, 32, 4, 2)  # batch 1, shared KV of a 32K generation
-    assert ops.attention_decode_launch(160, 4096, 132) == (32, 4, 4, 2)  # batch 16
-    assert ops.attention_decode_launch(10, 40, 132) == (64, 1, 4, 2)
+    launch = ops.attention_decode_launch
+    assert launch(10, 512, 132) == (64, 8, 4, 2)  # batch 1, SWA ring of 512
+    assert launch(10, 34816, 132) == (64, 32, 4, 2)  # batch 1, shared KV of a 32K generation
+    assert launch(10, 34816, 132, kv_bytes=1) == (64, 32, 4, 2)
+    assert launch(40, 34816, 132) == (32, 16, 4, 2)  # batch 4
+    assert launch(40, 34816, 132, kv_bytes=1) == (128, 32, 4, 2)
+    assert launch(160, 512, 132) == (32, 4, 4, 2)  # batch 16
+    assert launch(160, 34816, 132, kv_bytes=1) == (128, 8, 4, 2)
+    assert launch(640, 34816, 132) == (128, 2, 4, 2)  # batch 64
+    assert launch(10, 40, 132) == (64, 1, 4, 2)
     monkeypatch.setenv("SAMBAY_ATTN_DECODE", "16,4,2,1")
-    assert ops.attention_decode_launch(10, 34816, 132) == (16, 4, 2, 1)
+    assert launch(10, 34816, 132) == (16, 4, 2, 1)
 
 
 def test_attention_decode_fused_merge_and_fallback(monkeypatch):

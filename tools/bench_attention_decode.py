@@ -56,13 +56,14 @@ def graph_time_us(fn, reps: int = 20) -> float:
     return best
 
 
-def time_case(bsz: int, s_max: int, filled: int, launches: list[tuple[int, int, int, int]]) -> dict[str, float]:
+def time_case(bsz: int, s_max: int, filled: int, launches: list[tuple[int, int, int, int]],
+              kv_dtype: torch.dtype = torch.bfloat16) -> dict[str, float]:
     """µs per call of the default launch and of each of ``launches`` (block_s, splits, num_warps, num_stages)."""
     h, g, d = 40, 20, 64
     dev = "cuda"
     q = torch.randn(bsz, h, d, device=dev, dtype=torch.bfloat16)
-    k = torch.randn(bsz, g, s_max, d, device=dev, dtype=torch.bfloat16)
-    v = torch.randn_like(k)
+    k = torch.randn(bsz, g, s_max, d, device=dev, dtype=torch.bfloat16).to(kv_dtype)
+    v = torch.randn(bsz, g, s_max, d, device=dev, dtype=torch.bfloat16).to(kv_dtype)
     valid = torch.zeros(bsz, s_max, dtype=torch.bool, device=dev)
     valid[:, :filled] = True
     n = torch.full((bsz,), filled, dtype=torch.long, device=dev)
@@ -74,7 +75,7 @@ def time_case(bsz: int, s_max: int, filled: int, launches: list[tuple[int, int, 
                                                         lambda_init=0.8, subln_weight=w, eps=1e-5,
                                                         out_dtype=torch.bfloat16, **launch)
 
-    default = triton_ops.attention_decode_launch(bsz * g // 2, s_max, triton_ops._sm_count(q.device))
+    default = triton_ops.attention_decode_launch(bsz * g // 2, s_max, triton_ops._sm_count(q.device), k.element_size())
     graph_time_us(run())  # warm-up: the first launch timed after the allocations ran up to 14 % slow
     times = {"default": graph_time_us(run())}
     for block_s, splits, warps, stages in launches:
@@ -83,7 +84,7 @@ def time_case(bsz: int, s_max: int, filled: int, launches: list[tuple[int, int, 
                 run(block_s=block_s, splits=splits, num_warps=warps, num_stages=stages))
         except Exception as e:  # noqa: BLE001 - report and go on (e.g. out of shared memory)
             print(f"{bsz},{s_max},{filled}: {block_s},{splits},{warps},{stages}: {type(e).__name__}", flush=True)
-    nbytes = 2 * bsz * g * filled * d * 2
+    nbytes = 2 * bsz * g * filled * d * k.element_size()
     best = sorted((t, key) for key, t in times.items())[:4]
     print(f"batch {bsz}, {s_max} positions, {filled} keys: default {default} {times['default']:.2f} µs "
           f"({nbytes / times['default'] / 1e6:.2f} TB/s); best " + ", ".join(f"{key} {t:.2f}" for t, key in best),
@@ -98,6 +99,8 @@ def main() -> None:
     ap.add_argument("--splits", type=int, nargs="+", default=[4, 8, 16, 32, 64])
     ap.add_argument("--warps", type=int, nargs="+", default=[2, 4])
     ap.add_argument("--stages", type=int, nargs="+", default=[1, 2])
+    ap.add_argument("--kv-cache-dtype", choices=["bf16", "fp8"], default="bf16",
+                    help="fp8: the shared KV as `--kv-cache-dtype fp8` stores it (float8 e4m3, widened on load)")
     ap.add_argument("--json", type=Path, help="write every timing here")
     args = ap.parse_args()
     table: dict[str, dict[str, float]] = {}
@@ -105,7 +108,8 @@ def main() -> None:
         bsz, s_max, filled = (int(v) for v in case.split(","))
         launches = [launch for launch in itertools.product(args.block_s, args.splits, args.warps, args.stages)
                     if launch[1] == 1 or launch[1] * launch[0] <= s_max]  # else some splits could never own keys
-        table[case] = time_case(bsz, s_max, filled, launches)
+        kv_dtype = torch.float8_e4m3fn if args.kv_cache_dtype == "fp8" else torch.bfloat16
+        table[case] = time_case(bsz, s_max, filled, launches, kv_dtype)
         torch.cuda.empty_cache()
     ratios: dict[str, list[float]] = {}
     for times in table.values():

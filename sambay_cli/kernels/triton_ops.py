@@ -562,20 +562,34 @@ _SM_COUNTS: dict[int, int] = {}
 ATTN_DECODE_MAX_SPLITS = 32  # merging more partials in one program cost more than the extra programs gained (H100)
 
 
-def attention_decode_launch(programs: int, s_max: int, sm_count: int) -> tuple[int, int, int, int]:
+def attention_decode_launch(programs: int, s_max: int, sm_count: int, kv_bytes: int = 2) -> tuple[int, int, int, int]:
     """(block_s, splits, num_warps, num_stages) of the decode-attention kernel for ``programs`` (batch × KV group)
-    rows of work over a cache of ``s_max`` positions, fixed per CUDA graph (the filled length varies inside one).
+    rows of work over a cache of ``s_max`` positions of ``kv_bytes`` per element, fixed per CUDA graph (the filled
+    length varies inside one).
 
-    The best overall on an H100 (``tools/bench_attention_decode.py``, 3.8B shape, SWA ring of 512 and a shared KV
-    of 4K or 34K positions filled to 2K-32K, batch 1 and 16): key blocks of 64 while the rows alone do not fill the
-    GPU, else 32; about four programs per SM, at most 32 splits; 4 warps, 2 stages.
+    Measured on an H100 (``tools/bench_attention_decode.py`` and whole-model decode, 3.8B shape: SWA ring of 512,
+    shared KV of 4K or 34K positions filled to 2K-32K, 1 to 64 sequences), by how many rows there are:
+
+    * about one sequence's rows (fewer than an eighth of the SMs): key blocks of 64, up to 32 splits;
+    * up to four per SM: blocks of 32 and about four programs per SM (at 4 sequences over 34K positions 16 splits
+      of 32 keys took 228 µs against 245 for 32 of 64; at 16 sequences on the SWA ring 4 splits took 18 µs against
+      22 for 8); an fp8 cache (widened on load) keeps blocks of 128 and about eight programs per SM (blocks of 32
+      took 40 % longer there);
+    * more: blocks of 128, about eight programs per SM, as before this sweep.
+
+    Never more than 32 splits (one program merges them); 4 warps, 2 stages.
     ``SAMBAY_ATTN_DECODE="block_s,splits,num_warps,num_stages"`` overrides it (tuning)."""
     override = os.environ.get("SAMBAY_ATTN_DECODE", "")
     if "," in override:
         block_s, splits, num_warps, num_stages = (int(v) for v in override.split(","))
         return block_s, splits, num_warps, num_stages
-    block_s = 64 if programs < sm_count else 32
-    want = math.ceil(4 * sm_count / programs)
+    if 8 * programs < sm_count:
+        block_s, per_sm = 64, 8
+    elif programs < 4 * sm_count:
+        block_s, per_sm = (128, 8) if kv_bytes == 1 else (32, 4)
+    else:
+        block_s, per_sm = 128, 8
+    want = math.ceil(per_sm * sm_count / programs)
     splits = max(1, min(ATTN_DECODE_MAX_SPLITS, triton.next_power_of_2(want),
                         triton.next_power_of_2(math.ceil(s_max / block_s))))
     return block_s, splits, 4, 2
@@ -602,7 +616,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         "head_dim (>= 16) and H/G must be powers of 2"
     width = 2 * d if diff else d
     groups = g // 2 if diff else g
-    launch = attention_decode_launch(bsz * groups, s_max, _sm_count(q.device))
+    launch = attention_decode_launch(bsz * groups, s_max, _sm_count(q.device), k.element_size())
     block_s = launch[0] if block_s is None else block_s
     splits = launch[1] if splits is None else splits
     num_warps = launch[2] if num_warps is None else num_warps
