@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Time the Triton decode-attention kernel (differential attention, 3.8B shape) on a GPU: the default launch of
 ``triton_ops.attention_decode_launch`` against a sweep of launches, each timed as 20 calls replayed from one CUDA
-graph (as the decode step runs it; eager calls would time Python's launch cost instead).
+graph, best of five replays (as the decode step runs it; eager calls would time Python's launch cost instead).
 
     python tools/bench_attention_decode.py                       # the default cases below
     python tools/bench_attention_decode.py --case 1,34816,2048 --case 16,512,512 --json sweep.json
@@ -26,34 +26,10 @@ import torch  # noqa: E402
 
 from sambay_cli.kernels import triton_ops  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_gemv import graph_us  # noqa: E402
+
 CASES = ["1,512,512", "1,4096,2048", "1,34816,2048", "1,34816,8192", "1,34816,32768", "16,512,512", "16,4096,2048"]
-
-
-def graph_time_us(fn, reps: int = 20) -> float:
-    """Best of five replays of a graph holding ``reps`` calls, in µs per call."""
-    fn()
-    torch.cuda.synchronize()
-    side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(side):
-        fn()
-    torch.cuda.current_stream().wait_stream(side)
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    best = float("inf")
-    for _ in range(5):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        graph.replay()
-        end.record()
-        torch.cuda.synchronize()
-        best = min(best, 1000 * start.elapsed_time(end) / reps)
-    return best
 
 
 def time_case(bsz: int, s_max: int, filled: int, launches: list[tuple[int, int, int, int]],
@@ -76,12 +52,12 @@ def time_case(bsz: int, s_max: int, filled: int, launches: list[tuple[int, int, 
                                                         out_dtype=torch.bfloat16, **launch)
 
     default = triton_ops.attention_decode_launch(bsz * g // 2, s_max, triton_ops._sm_count(q.device), k.element_size())
-    graph_time_us(run())  # warm-up: the first launch timed after the allocations ran up to 14 % slow
-    times = {"default": graph_time_us(run())}
+    graph_us([run()], 20)  # warm-up: the first launch timed after the allocations ran up to 14 % slow
+    times = {"default": graph_us([run()], 20, best_of=5)}
     for block_s, splits, warps, stages in launches:
         try:
-            times[f"{block_s},{splits},{warps},{stages}"] = graph_time_us(
-                run(block_s=block_s, splits=splits, num_warps=warps, num_stages=stages))
+            times[f"{block_s},{splits},{warps},{stages}"] = graph_us(
+                [run(block_s=block_s, splits=splits, num_warps=warps, num_stages=stages)], 20, best_of=5)
         except Exception as e:  # noqa: BLE001 - report and go on (e.g. out of shared memory)
             print(f"{bsz},{s_max},{filled}: {block_s},{splits},{warps},{stages}: {type(e).__name__}", flush=True)
     nbytes = 2 * bsz * g * filled * d * k.element_size()
