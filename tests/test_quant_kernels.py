@@ -328,7 +328,7 @@ def test_decode_rows_routing(monkeypatch, rows):
         assert calls == (["w8a16_gemv"] if gemv else [])
         ref8 = x.float() @ formats.dequantize_int8(q8.qweight, q8.scales).T
         assert _rel(y8.float().cpu(), ref8) < (2e-2 if dtype == torch.bfloat16 else 2e-3)
-        assert tk.w4_takes_gemv(rows, dtype, q4.scales.to(dtype), z, 128, True) == gemv
+        assert tk.w4_takes_gemv(rows, dtype, q4.scales.to(dtype), 128, True) == gemv
     layer = modules.QuantLinear("int4", k, n, {"qweight": q4.qweight.clone(), "scales": q4.scales.bfloat16(),
                                               "zeros": q4.zeros}, None, torch.bfloat16, group_size=128).to(DEV)
     monkeypatch.setenv("SAMBAY_KERNELS", "triton")  # the CPU default is torch's int4 kernel

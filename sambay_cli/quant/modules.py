@@ -258,7 +258,7 @@ def triton_w4a16_epilogue(x: torch.Tensor, layer: QuantLinear, epilogue: str,
                           memory: torch.Tensor | None = None) -> torch.Tensor:
     tk = _triton_quant()
     if not _gpu_order(layer) or not tk.w4_takes_gemv(x.numel() // x.shape[-1], x.dtype, layer.scales,
-                                                      layer.zeros_or_none, layer.group_size, True):
+                                                      layer.group_size, True):
         return linear_then_epilogue(x, layer, epilogue, memory)
     return tk.w4a16_gemv(x, layer.qweight, layer.scales, layer.zeros_or_none, layer.group_size, layer.bias,
                          epilogue=epilogue, memory=memory)

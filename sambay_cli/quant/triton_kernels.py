@@ -675,20 +675,17 @@ def batched_split(tiles: int, steps: int, target: int, env: str | None = None) -
     return max(1, min(triton.cdiv(target, tiles), steps // BATCHED_SPLIT_MIN_STEPS))
 
 
-def _w4_batched_ok(dtype: torch.dtype, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
-                   interleaved: bool) -> bool:
+def _w4_batched_ok(dtype: torch.dtype, scales: torch.Tensor, group_size: int, interleaved: bool) -> bool:
     """Whether the batched int4 GEMM serves these weights and activations: bf16, word-interleaved, groups of 64 or
-    more (a group's quarter is one dot's K, at least 16). ``zeros`` is unused since the group-64 miscompile above no
-    longer applies; kept so that the callers' signature says what the decision may depend on."""
+    more (a group's quarter is one dot's K, at least 16), with or without zero points."""
     return interleaved and dtype == torch.bfloat16 and scales.dtype == torch.bfloat16 and group_size >= 64
 
 
-def w4_takes_gemv(m: int, dtype: torch.dtype, scales: torch.Tensor, zeros: torch.Tensor | None, group_size: int,
-                  interleaved: bool) -> bool:
+def w4_takes_gemv(m: int, dtype: torch.dtype, scales: torch.Tensor, group_size: int, interleaved: bool) -> bool:
     """Whether an ``m``-row int4 matmul runs the decode GEMV (and may fuse its epilogue): interleaved weights, at
     most GEMV_MAX_ROWS rows, and fewer than BATCHED_MIN_ROWS unless the batched GEMM cannot take it."""
     return interleaved and m <= GEMV_MAX_ROWS and (
-        m < BATCHED_MIN_ROWS or not _w4_batched_ok(dtype, scales, zeros, group_size, interleaved))
+        m < BATCHED_MIN_ROWS or not _w4_batched_ok(dtype, scales, group_size, interleaved))
 
 
 def _w4_batched_gemm(x2: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor | None,
@@ -783,9 +780,9 @@ def w4a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, z
     x2, lead = _flatten(x)
     m, k = x2.shape
     n = qweight.shape[0]
-    if w4_takes_gemv(m, x2.dtype, scales, zeros, group_size, interleaved):
+    if w4_takes_gemv(m, x2.dtype, scales, group_size, interleaved):
         return w4a16_gemv(x, qweight, scales, zeros, group_size, bias)
-    if m <= W4_BATCHED_M and _w4_batched_ok(x2.dtype, scales, zeros, group_size, interleaved):
+    if m <= W4_BATCHED_M and _w4_batched_ok(x2.dtype, scales, group_size, interleaved):
         return _w4_batched_gemm(x2, qweight, scales, zeros, group_size, bias).reshape(*lead, n)
     capturing = x.is_cuda and torch.cuda.is_current_stream_capturing()
     if m >= DEQUANT_MIN_ROWS and group_size % 8 == 0 and (
