@@ -23,6 +23,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_options, pdl_mode, pdl_wait
+
 EPILOGUE_NONE = 0
 EPILOGUE_SWIGLU = 1
 EPILOGUE_GATE = 2
@@ -42,11 +44,10 @@ def _to_float(w, INT8: tl.constexpr):
 
 
 @triton.jit
-def _i8_words_dot(w_rows, x_row, ks4, acc, x_sum):
+def _i8_words_dot(words, x_row, ks4, acc, x_sum):
     """Partial products of int8 codes read as 32-bit words (code i of word j is column 4j + i): each byte goes into
     bits 15–22 of the float 1.0 with its sign bit flipped, f = 1 + (v + 128)/256 in [1, 2) — a shift and one logic
     op, no conversion — and Σ f·x is corrected once per row: Σ v·x = 256·Σ f·x − 384·Σ x."""
-    words = tl.load(w_rows + ks4[None, :])
     for i in tl.static_range(4):
         xi = tl.load(x_row + ks4 * 4 + i).to(tl.float32)
         if i == 0:
@@ -167,17 +168,17 @@ def split_buffers(device: torch.device, split: int, floats: int, counters: int, 
 def _gemv_kernel(x_ptr, w_ptr, s_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn, stride_mm,
                  stride_ym, SPLIT, INT8: tl.constexpr, HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr,
                  EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, WORDS: tl.constexpr = False,
-                 ATOMIC: tl.constexpr = False):
+                 ATOMIC: tl.constexpr = False, PDL: tl.constexpr = 0):
     """Program (row block, activation row, k-split): BLOCK_N rows over its share of the K steps; with SPLIT > 1
     (ATOMIC) the partial sums meet in the split-K workspace and the last program of the row block runs the
-    epilogue."""
+    epilogue. With PDL (:mod:`.pdl`) the first step's weights are read before the wait point."""
     k_start, k_stop = splitk_range(K, BLOCK_K, SPLIT, ATOMIC)
     if WORDS:  # int8 codes as 32-bit words (K a multiple of BLOCK_K, itself of 4)
         out, up = _gemv_words(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, EPILOGUE, BLOCK_N,
-                              BLOCK_K // 4)
+                              BLOCK_K // 4, PDL)
     else:
         out, up = _gemv_elements(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, INT8, EPILOGUE, EVEN_K,
-                                 BLOCK_N, BLOCK_K)
+                                 BLOCK_N, BLOCK_K, PDL)
     row = tl.program_id(1)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
     rows = tl.minimum(offs_n, N - 1).to(tl.int64)
@@ -212,8 +213,9 @@ def _epilogue_store(out, up, s_ptr, b_ptr, m_ptr, y_ptr, rows, offs_n, row, N, s
 
 @triton.jit
 def _gemv_words(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, EPILOGUE: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr):
-    """Σ over columns [k_start, k_stop) of int8 codes (read as words) · x, unscaled: (rows, "up" rows)."""
+                BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr, PDL: tl.constexpr):
+    """Σ over columns [k_start, k_stop) of int8 codes (read as words) · x, unscaled: (rows, "up" rows). With PDL the
+    first step's words are read, then the kernel waits (:func:`.pdl.pdl_wait`), then the steps run."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -226,11 +228,23 @@ def _gemv_words(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, EPILO
     acc2 = tl.zeros((BLOCK_N, BLOCK_W), dtype=tl.float32)
     x_sum = tl.zeros((BLOCK_W,), dtype=tl.float32)
     x_sum2 = tl.zeros((BLOCK_W,), dtype=tl.float32)
-    for w0 in range(k_start // 4, k_stop // 4, BLOCK_W):
-        ks4 = w0 + offs_w
-        acc, x_sum = _i8_words_dot(w_rows, x_row, ks4, acc, x_sum)
+    first = k_start // 4
+    if PDL != 0:
+        ks4 = tl.minimum(first, (K - 1) // 4 // BLOCK_W * BLOCK_W) + offs_w  # in bounds for an empty split
+        words = tl.load(w_rows + ks4[None, :])
         if EPILOGUE == 1:
-            acc2, x_sum2 = _i8_words_dot(w2_rows, x_row, ks4, acc2, x_sum2)
+            words2 = tl.load(w2_rows + ks4[None, :])
+        pdl_wait(PDL)
+        if k_start < k_stop:
+            acc, x_sum = _i8_words_dot(words, x_row, ks4, acc, x_sum)
+            if EPILOGUE == 1:
+                acc2, x_sum2 = _i8_words_dot(words2, x_row, ks4, acc2, x_sum2)
+        first += BLOCK_W
+    for w0 in range(first, k_stop // 4, BLOCK_W):
+        ks4 = w0 + offs_w
+        acc, x_sum = _i8_words_dot(tl.load(w_rows + ks4[None, :]), x_row, ks4, acc, x_sum)
+        if EPILOGUE == 1:
+            acc2, x_sum2 = _i8_words_dot(tl.load(w2_rows + ks4[None, :]), x_row, ks4, acc2, x_sum2)
     xs = tl.sum(x_sum, axis=0)
     out = 256.0 * tl.sum(acc, axis=1) - 384.0 * xs
     up = out
@@ -241,8 +255,10 @@ def _gemv_words(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, EPILO
 
 @triton.jit
 def _gemv_elements(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, INT8: tl.constexpr,
-                   EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-    """Σ over columns [k_start, k_stop) of W · x, unscaled: (rows, "up" rows)."""
+                   EPILOGUE: tl.constexpr, EVEN_K: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+                   PDL: tl.constexpr):
+    """Σ over columns [k_start, k_stop) of W · x, unscaled: (rows, "up" rows). With PDL the first step's weights are
+    read, then the kernel waits (:func:`.pdl.pdl_wait`), then the steps run."""
     pid_n = tl.program_id(0)
     row = tl.program_id(1)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -253,7 +269,20 @@ def _gemv_elements(x_ptr, w_ptr, N, K, k_start, k_stop, stride_xm, stride_wn, IN
     w2_rows = w_ptr + (rows + N)[:, None] * stride_wn  # the "up" half of a SwiGLU fc1
     acc = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
     acc2 = tl.zeros((BLOCK_N, BLOCK_K), dtype=tl.float32)
-    for k0 in range(k_start, k_stop, BLOCK_K):
+    first = k_start
+    if PDL != 0:
+        ks = tl.minimum(first, (K - 1) // BLOCK_K * BLOCK_K) + offs_k  # in bounds for an empty split
+        w = _load_w(w_rows, ks, K, EVEN_K)
+        if EPILOGUE == 1:
+            w2 = _load_w(w2_rows, ks, K, EVEN_K)
+        pdl_wait(PDL)
+        if k_start < k_stop:
+            x = _load_x(x_row, ks, K, EVEN_K)
+            acc += _to_float(w, INT8) * x[None, :]
+            if EPILOGUE == 1:
+                acc2 += _to_float(w2, INT8) * x[None, :]
+        first += BLOCK_K
+    for k0 in range(first, k_stop, BLOCK_K):
         ks = k0 + offs_k
         x = _load_x(x_row, ks, K, EVEN_K)
         acc += _to_float(_load_w(w_rows, ks, K, EVEN_K), INT8) * x[None, :]
@@ -307,7 +336,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     instead of the table; split > 1 divides the K steps among that many programs per row block (split-K through
     :func:`splitk_workspace`; unsplit during a CUDA-graph capture that finds no workspace). ``int8_words``: read int8
     codes as 32-bit words (whole steps only). Each activation row is its own pass over the weight (the seam sends one
-    row; W8A16 up to four)."""
+    row; W8A16 up to four). Under PDL (:mod:`.pdl`) the kernel reads part of ``weight`` before waiting for the
+    kernels before it, so ``weight`` must not be written by them (model parameters never are)."""
     kind = _EPILOGUES[epilogue]
     k = x.shape[-1]
     lead = x.shape[:-1]
@@ -332,8 +362,10 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     blocks = triton.cdiv(n, block_n)
     split, partials, tickets = split_buffers(x.device, split, m_rows * weight.shape[0], m_rows * blocks, y)
     grid = (blocks, m_rows, split)
+    pdl = pdl_mode(x)
     _gemv_kernel[grid](x2, w, scales if scales is not None else y, bias if bias is not None else y, mem, y, partials,
                        tickets, n, k, x2.stride(0), w.stride(0), mem.stride(0), y.stride(0), split,
                        INT8=scales is not None, HAS_BIAS=bias is not None, EPILOGUE=kind, EVEN_K=k % block_k == 0,
-                       BLOCK_N=block_n, BLOCK_K=block_k, WORDS=words, ATOMIC=split > 1, num_warps=warps)
+                       BLOCK_N=block_n, BLOCK_K=block_k, WORDS=words, ATOMIC=split > 1, PDL=pdl, num_warps=warps,
+                       **launch_options(pdl))
     return y.reshape(*lead, n)

@@ -27,6 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .pdl import launch_options, pdl_mode, pdl_wait
 from .triton_gemv import splitk_workspace
 
 # ------------------------------------------------------------------------------------------------ Mamba decode
@@ -34,7 +35,8 @@ from .triton_gemv import splitk_workspace
 
 @triton.jit
 def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, D, stride_xb, stride_sb, stride_sd, stride_yb,
-                        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr):
+                        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = 0):
+    pdl_wait(PDL)
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     m = offs < D
@@ -65,9 +67,10 @@ def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
     y = torch.empty(bsz, dim, device=x.device, dtype=out_dtype)
     block = 256
     grid = (bsz, triton.cdiv(dim, block))
+    pdl = pdl_mode(x)
     _conv_update_kernel[grid](x, conv_state, weight, bias if bias is not None else weight, y, dim, x.stride(0),
                               conv_state.stride(0), conv_state.stride(1), y.stride(0), K=k,
-                              HAS_BIAS=bias is not None, BLOCK_D=block)
+                              HAS_BIAS=bias is not None, BLOCK_D=block, PDL=pdl, **launch_options(pdl))
     return y
 
 
@@ -150,7 +153,9 @@ def causal_conv1d(x, weight, bias, conv_state, valid=None, out_dtype=torch.float
 def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d_ptr, z_ptr, dtb_ptr, y_ptr, D, R,
                        stride_sb, stride_sd, stride_xb, stride_dtb, stride_wdt, stride_bb, stride_cb, stride_zb,
                        stride_yb, N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
-                       SOFTPLUS: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr):
+                       SOFTPLUS: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
+                       PDL: tl.constexpr = 0):
+    pdl_wait(PDL)
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
@@ -200,6 +205,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
     rank = dt_proj_weight.shape[1] if dt_proj_weight is not None else 1
     if dt_proj_weight is not None:
         assert dt_proj_weight.stride(1) == 1 and dt.stride(-1) == 1
+    pdl = pdl_mode(x)
     _ssm_update_kernel[grid](
         state, x, dt, dt_proj_weight if dt_proj_weight is not None else dummy, A, B, C,
         D if D is not None else dummy, z if z is not None else dummy,
@@ -208,7 +214,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         dt_proj_weight.stride(0) if dt_proj_weight is not None else 0, B.stride(0), C.stride(0),
         z.stride(0) if z is not None else 0, y.stride(0),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=dt_softplus,
-        DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block,
+        DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block, PDL=pdl,
+        **launch_options(pdl),
     )
     return y
 
@@ -219,7 +226,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
 @triton.jit
 def _kv_write_kernel(k_ptr, v_ptr, kc_ptr, vc_ptr, slot_ptr, G, stride_kb, stride_kg, stride_vb, stride_vg,
                      stride_kcb, stride_kcg, stride_kcs, stride_vcb, stride_vcg, stride_vcs,
-                     BLOCK_G: tl.constexpr, HD: tl.constexpr):
+                     BLOCK_G: tl.constexpr, HD: tl.constexpr, PDL: tl.constexpr = 0):
+    pdl_wait(PDL)
     b = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + b).to(tl.int64)
     offs_g = tl.arange(0, BLOCK_G)
@@ -238,9 +246,11 @@ def kv_write_decode(k_cache, v_cache, k, v, slots):
     bsz, g, d = k.shape
     assert d == triton.next_power_of_2(d) and k.stride(-1) == 1 and v.stride(-1) == 1
     assert k_cache.stride(-1) == 1 and v_cache.stride(-1) == 1
+    pdl = pdl_mode(k)
     _kv_write_kernel[(bsz,)](k, v, k_cache, v_cache, slots, g, k.stride(0), k.stride(1), v.stride(0), v.stride(1),
                              k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), v_cache.stride(0),
-                             v_cache.stride(1), v_cache.stride(2), BLOCK_G=triton.next_power_of_2(g), HD=d)
+                             v_cache.stride(1), v_cache.stride(2), BLOCK_G=triton.next_power_of_2(g), HD=d, PDL=pdl,
+                             **launch_options(pdl))
 
 
 # -------------------------------------------------------------------------------------------- Mamba prefill scan
@@ -374,7 +384,8 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr,
                          BLOCK_S: tl.constexpr, MP: tl.constexpr, IEEE: tl.constexpr,
                          cnt_ptr=None, lam_ptr=None, w_ptr=None, out_ptr=None, stride_outb=0, stride_outh=0,
-                         lambda_init=0.0, eps=0.0, FUSED: tl.constexpr = False, NSPLIT: tl.constexpr = 1):
+                         lambda_init=0.0, eps=0.0, FUSED: tl.constexpr = False, NSPLIT: tl.constexpr = 1,
+                         PDL: tl.constexpr = 0):
     """One (batch, KV group, split) program, on tensor cores.
 
     A KV group is a KV-head pair (2g, 2g+1) for differential attention, or one KV head g. Its keys are read as one
@@ -389,6 +400,7 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
     FUSED: then takes a ticket for its (batch, group); the last of the NSPLIT programs to finish merges the partials
     (``_combine_group``) and resets the counter — one kernel per layer instead of two.
     """
+    pdl_wait(PDL)
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
     sp = tl.program_id(2)
@@ -468,9 +480,10 @@ def _attn_decode_combine(o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr, len_ptr,
                          stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh,
                          lambda_init, eps,
                          R: tl.constexpr, HD: tl.constexpr, DIFF: tl.constexpr, SPLIT: tl.constexpr,
-                         W: tl.constexpr, BLOCK_S: tl.constexpr):
+                         W: tl.constexpr, BLOCK_S: tl.constexpr, PDL: tl.constexpr = 0):
     """Merge the split partials of one (batch, group) — the unfused second kernel (used where no ticket counters
     are available, e.g. a first call inside a CUDA-graph capture)."""
+    pdl_wait(PDL)
     pid_b = tl.program_id(0).to(tl.int64)
     n_keys = tl.load(len_ptr + pid_b)
     _combine_group(pid_b, tl.program_id(1), tl.cdiv(n_keys, _split_keys(n_keys, SPLIT, BLOCK_S)), o_ptr, m_ptr, l_ptr,
@@ -640,6 +653,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     ws = splitk_workspace(q.device, 0, bsz * groups) if splits > 1 else None
     fused = ws is not None
     counters = ws[1] if fused else None
+    pdl = pdl_mode(q)
     _attn_decode_partial[(bsz, groups, splits)](
         q, k, v, valid, n_keys, o, m, lsum,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
@@ -647,13 +661,13 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         scale, splits, R=r, HD=d, DIFF=diff, BLOCK_S=block_s, MP=max(16, triton.next_power_of_2(n_rows)),
         IEEE=q.dtype == torch.float32, cnt_ptr=counters if fused else m, lam_ptr=lam, w_ptr=w, out_ptr=out,
         stride_outb=out.stride(0), stride_outh=out.stride(1), lambda_init=float(lambda_init), eps=float(eps),
-        FUSED=fused, NSPLIT=splits, num_warps=num_warps, num_stages=num_stages,
+        FUSED=fused, NSPLIT=splits, PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch_options(pdl),
     )
     if not fused:
         _attn_decode_combine[(bsz, groups)](
             o, m, lsum, lam, w, out, n_keys, o.stride(0), o.stride(1), o.stride(2), m.stride(0), m.stride(1),
             out.stride(0), out.stride(1), float(lambda_init), float(eps),
-            R=r, HD=d, DIFF=diff, SPLIT=splits, W=width, BLOCK_S=block_s,
+            R=r, HD=d, DIFF=diff, SPLIT=splits, W=width, BLOCK_S=block_s, PDL=pdl, **launch_options(pdl),
         )
     return out.view(bsz, h, d)
 
@@ -884,10 +898,16 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.
 
 @triton.jit
 def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
-                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr):
+                     HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr,
+                     PDL: tl.constexpr = 0):
+    """With PDL the norm's weight and bias (parameters) are read before the wait point."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
+    w = tl.load(w_ptr + offs, mask=ok, other=0.0)
+    if HAS_BIAS:
+        b = tl.load(b_ptr + offs, mask=ok, other=0.0)
+    pdl_wait(PDL)
     h = tl.load(h_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
     if HAS_DELTA:
         h += tl.load(d_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
@@ -898,23 +918,25 @@ def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
     else:
         xc = tl.where(ok, x - tl.sum(x, axis=0) / N, 0.0)
         y = xc * tl.rsqrt(tl.sum(xc * xc, axis=0) / N + eps)
-    y = y * tl.load(w_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+    y = y * w.to(tl.float32)
     if HAS_BIAS:
-        y += tl.load(b_ptr + offs, mask=ok, other=0.0).to(tl.float32)
+        y += b.to(tl.float32)
     tl.store(x_ptr + row * N + offs, y.to(x_ptr.dtype.element_ty), mask=ok)
 
 
 def add_norm(h, delta, weight, bias, eps, rms):
-    """h ← h + delta (float32), normed = LayerNorm/RMSNorm(h in the weights' dtype): one pass, one program per row."""
+    """h ← h + delta (float32), normed = LayerNorm/RMSNorm(h in the weights' dtype): one pass, one program per row.
+    Under PDL ``weight`` and ``bias`` are read before the kernels before it end: they must be parameters."""
     n = h.shape[-1]
     h = h.contiguous()
     x = torch.empty(h.shape, device=h.device, dtype=weight.dtype)
     h_out = torch.empty_like(h) if delta is not None else h
     d = delta.contiguous() if delta is not None else h
     block = triton.next_power_of_2(n)
+    pdl = pdl_mode(h)
     _add_norm_kernel[(h.numel() // n,)](
         h, d, weight, bias if bias is not None else weight, h_out, x, n, float(eps),
-        HAS_DELTA=delta is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block,
-        num_warps=max(1, min(16, block // 256)),
+        HAS_DELTA=delta is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block, PDL=pdl,
+        num_warps=max(1, min(16, block // 256)), **launch_options(pdl),
     )
     return h_out, x

@@ -26,6 +26,7 @@ import triton
 import triton.language as tl
 
 from ..kernels import triton_gemv
+from ..kernels.pdl import launch_options, pdl_mode, pdl_wait
 
 GEMV_MAX_ROWS = 4  # the GEMV kernels serve up to this many activation rows ...
 # ... but from BATCHED_MIN_ROWS bf16 rows on the batched GEMMs are faster (H100, whole 3.8B model at 2K, batch 4:
@@ -180,10 +181,21 @@ def _bf16x2_word_dot(w, x0, x1, x2, x3, negzz, EMULATE: tl.constexpr):
 
 
 @triton.jit
-def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
+def _w4_group_params(s_tile, z_tile, g0, HAS_ZEROS: tl.constexpr):
+    """The scales and zero points (as stored; the scales again in place of absent zeros) of NG groups × BLOCK_N
+    rows."""
+    scales = tl.load(s_tile + g0)
+    zeros = scales
+    if HAS_ZEROS:
+        zeros = tl.load(z_tile + g0)
+    return scales, zeros
+
+
+@triton.jit
+def _w4_group_dot(words, scales, zeros, x_tile, g0, MAGIC, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
                   NG: tl.constexpr, BLOCK_N: tl.constexpr, X_PAIRS: tl.constexpr, EMULATE: tl.constexpr):
     """scale·Σ (code − zero)·x over NG whole groups of BLOCK_N rows, per [group, row, word] (word-interleaved words:
-    field 4h + q of word j holds column 2·(q·G/8 + j) + h).
+    field 4h + q of word j holds column 2·(q·G/8 + j) + h; ``scales``, ``zeros`` from :func:`_w4_group_params`).
 
     bf16 activations (X_PAIRS, read as 32-bit pairs) take the packed bfloat16 path (:func:`_bf16x2_word_dot`).
     Other activations take the float32 path: code q of a 16-bit half (bits 4q…4q+3) is OR-ed into the mantissa of
@@ -191,10 +203,10 @@ def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr,
     2²³ + zero·2^(4q) leaves (code − zero)·2^(4q) exactly; the activation it meets is pre-scaled by 2^(−4q) once per
     step and shared by the thread's rows."""
     WPG: tl.constexpr = GROUP // 8
-    scale = tl.load(s_tile + g0).to(tl.float32)[:, :, None]
+    scale = scales.to(tl.float32)[:, :, None]
     if X_PAIRS:
         if HAS_ZEROS:
-            zero = tl.load(z_tile + g0).to(tl.int32)[:, :, None]
+            zero = zeros.to(tl.int32)[:, :, None]
         else:
             zero = tl.full((NG, BLOCK_N, 1), 8, tl.int32)
         negzz = _neg_magic_zero(zero)
@@ -206,7 +218,7 @@ def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr,
     else:
         high = words >> 16  # words: [NG, BLOCK_N, WPG] int32
         if HAS_ZEROS:
-            zero = tl.load(z_tile + g0).to(tl.float32)[:, :, None]
+            zero = zeros.to(tl.float32)[:, :, None]
         else:
             zero = tl.full((NG, BLOCK_N, 1), 8.0, tl.float32)
         part = tl.zeros((NG, BLOCK_N, WPG), dtype=tl.float32)
@@ -224,14 +236,16 @@ def _w4_group_dot(words, s_tile, z_tile, x_tile, g0, MAGIC, GROUP: tl.constexpr,
 def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt_ptr, N, K, stride_xm, stride_wn,
                     stride_sn, stride_mm, stride_ym, MAGIC, SPLIT, GROUP: tl.constexpr, HAS_ZEROS: tl.constexpr,
                     HAS_BIAS: tl.constexpr, EPILOGUE: tl.constexpr, BLOCK_N: tl.constexpr, NG: tl.constexpr,
-                    ATOMIC: tl.constexpr, X_PAIRS: tl.constexpr, EMULATE: tl.constexpr = False):
+                    ATOMIC: tl.constexpr, X_PAIRS: tl.constexpr, EMULATE: tl.constexpr = False,
+                    PDL: tl.constexpr = 0):
     """W4A16 decode GEMV over word-interleaved int4 words (bf16 activations read as pairs, packed bf16 math).
 
     Program (n-block, k-split, activation row): BLOCK_N output rows (and, for the SwiGLU epilogue, the matching "up"
     rows N…2N) over its share of the input's NG-group steps. The float32 accumulator stays [groups, rows, words] per
     thread until the end — no cross-thread reduction in the loop. With SPLIT > 1 (ATOMIC) each program adds its
     partial sums into a float32 workspace and takes a ticket; the last program of an n-block reads the totals back,
-    zeroes the workspace and its counter (triton_gemv.splitk_total) and runs the epilogue."""
+    zeroes the workspace and its counter (triton_gemv.splitk_total) and runs the epilogue. With PDL
+    (:mod:`~sambay_cli.kernels.pdl`) the first step's words, scales and zero points are read before the wait point."""
     WPG: tl.constexpr = GROUP // 8
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
@@ -255,13 +269,33 @@ def _w4_gemv_kernel(x_ptr, w_ptr, s_ptr, z_ptr, b_ptr, m_ptr, y_ptr, ws_ptr, cnt
     acc = tl.zeros((NG, BLOCK_N, WPG), dtype=tl.float32)
     acc2 = tl.zeros((NG, BLOCK_N, WPG), dtype=tl.float32)
     w2_tile = w_tile + N * stride_wn  # the "up" rows of [gate | up] (EPILOGUE 1)
-    for step in range(start, stop):
+    s2_tile = s_tile + N * stride_sn
+    z2_tile = z_tile + N * stride_sn
+    first = start
+    if PDL != 0:  # the first step's constants before the wait point
+        g0 = tl.minimum(start, steps - 1) * NG  # in bounds for an empty split
+        words = tl.load(w_tile + g0 * WPG)
+        scales, zeros = _w4_group_params(s_tile, z_tile, g0, HAS_ZEROS)
+        if EPILOGUE == 1:
+            words2 = tl.load(w2_tile + g0 * WPG)
+            scales2, zeros2 = _w4_group_params(s2_tile, z2_tile, g0, HAS_ZEROS)
+        pdl_wait(PDL)
+        if start < stop:
+            acc += _w4_group_dot(words, scales, zeros, x_tile, g0, MAGIC, GROUP, HAS_ZEROS, NG, BLOCK_N, X_PAIRS,
+                                 EMULATE)
+            if EPILOGUE == 1:
+                acc2 += _w4_group_dot(words2, scales2, zeros2, x_tile, g0, MAGIC, GROUP, HAS_ZEROS, NG, BLOCK_N,
+                                      X_PAIRS, EMULATE)
+        first += 1
+    for step in range(first, stop):
         g0 = step * NG
-        acc += _w4_group_dot(tl.load(w_tile + g0 * WPG), s_tile, z_tile, x_tile, g0, MAGIC, GROUP, HAS_ZEROS, NG,
+        scales, zeros = _w4_group_params(s_tile, z_tile, g0, HAS_ZEROS)
+        acc += _w4_group_dot(tl.load(w_tile + g0 * WPG), scales, zeros, x_tile, g0, MAGIC, GROUP, HAS_ZEROS, NG,
                              BLOCK_N, X_PAIRS, EMULATE)
         if EPILOGUE == 1:
-            acc2 += _w4_group_dot(tl.load(w2_tile + g0 * WPG), s_tile + N * stride_sn, z_tile + N * stride_sn,
-                                  x_tile, g0, MAGIC, GROUP, HAS_ZEROS, NG, BLOCK_N, X_PAIRS, EMULATE)
+            scales2, zeros2 = _w4_group_params(s2_tile, z2_tile, g0, HAS_ZEROS)
+            acc2 += _w4_group_dot(tl.load(w2_tile + g0 * WPG), scales2, zeros2, x_tile, g0, MAGIC, GROUP, HAS_ZEROS,
+                                  NG, BLOCK_N, X_PAIRS, EMULATE)
     out = tl.sum(tl.sum(acc, axis=2), axis=0)
     up = tl.sum(tl.sum(acc2, axis=2), axis=0)
     if ATOMIC:
@@ -628,12 +662,13 @@ def w4a16_gemv(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor, zer
     words = qweight.view(torch.int32)
     pairs = x2.dtype == torch.bfloat16 and x2.stride(0) % 2 == 0 and x2.data_ptr() % 4 == 0
     grid = (blocks, split, m)
+    pdl = pdl_mode(x2)
     _w4_gemv_kernel[grid](x2, words, scales, zeros if zeros is not None else scales,
                           bias if bias is not None else scales, mem, y, partials, tickets, n, k, x2.stride(0),
                           words.stride(0), scales.stride(0), mem.stride(0), y.stride(0), _MAGIC, split,
                           GROUP=group_size, HAS_ZEROS=zeros is not None, HAS_BIAS=bias is not None, EPILOGUE=kind,
-                          BLOCK_N=bn, NG=ng, ATOMIC=split > 1, X_PAIRS=pairs, EMULATE=_INTERPRET,
-                          num_warps=nw)
+                          BLOCK_N=bn, NG=ng, ATOMIC=split > 1, X_PAIRS=pairs, EMULATE=_INTERPRET, PDL=pdl,
+                          num_warps=nw, **launch_options(pdl))
     return y.reshape(*lead, n)
 
 
