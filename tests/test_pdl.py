@@ -100,22 +100,23 @@ def test_gpu_dependent_chain_in_cuda_graph(monkeypatch, mode):
     torch.manual_seed(5)
     d, f = 1024, 2048
     q4a = formats.quantize_int4(torch.randn(d, d) * 0.03, 128)
-    w4a = formats.interleave_int4(q4a.qweight, 128).to(DEV)
+    w4a, s4a, z4a = formats.interleave_int4(q4a.qweight, 128).to(DEV), q4a.scales.to(DEV), q4a.zeros.to(DEV)
     q8 = formats.quantize_int8((torch.randn(2 * f, d) * 0.03).bfloat16())
+    w8, s8 = q8.qweight.to(DEV), q8.scales.to(DEV)
     wb = (torch.randn(d, f, device=DEV) * 0.03).bfloat16()
     q4b = formats.quantize_int4(torch.randn(d, d) * 0.03, 128)
-    w4b = formats.interleave_int4(q4b.qweight, 128).to(DEV)
+    w4b, s4b, z4b = formats.interleave_int4(q4b.qweight, 128).to(DEV), q4b.scales.to(DEV), q4b.zeros.to(DEV)
     norm = torch.rand(d, device=DEV).bfloat16() + 0.5
     x = torch.randn(1, d, device=DEV, dtype=torch.bfloat16)
     h0 = torch.randn(1, d, device=DEV)
 
     def chain():
-        a = tk.w4a16_gemv(x, w4a, q4a.scales.to(DEV), q4a.zeros.to(DEV), 128, None)
+        a = tk.w4a16_gemv(x, w4a, s4a, z4a, 128, None)
         h, n1 = triton_ops.add_norm(h0, a, norm, None, 1e-5, True)
-        m = triton_gemv.gemv(n1, q8.qweight.to(DEV), scales=q8.scales.to(DEV), epilogue="swiglu")
+        m = triton_gemv.gemv(n1, w8, scales=s8, epilogue="swiglu")
         b = triton_gemv.gemv(m, wb)
         _, n2 = triton_ops.add_norm(h, b, norm, None, 1e-5, True)
-        return tk.w4a16_gemv(n2, w4b, q4b.scales.to(DEV), q4b.zeros.to(DEV), 128, None)
+        return tk.w4a16_gemv(n2, w4b, s4b, z4b, 128, None)
 
     monkeypatch.setenv("SAMBAY_PDL", mode)
     chain()  # compiles, sizes the split-K workspace
@@ -132,3 +133,4 @@ def test_gpu_dependent_chain_in_cuda_graph(monkeypatch, mode):
         monkeypatch.setenv("SAMBAY_PDL", mode)
         assert torch.allclose(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.float().abs().max().item())
         assert (out.float() - ref.float()).norm() / ref.float().norm() < 1e-2
+
