@@ -580,19 +580,23 @@ def test_gpu_quantized_model_kernels_vs_torch_path(tmp_path, method, monkeypatch
 
 
 def test_gemv_launch_defaults_and_overrides(monkeypatch):
-    """The GPU launch choices (only read when compiled, so checked here directly): int8 word-wise reads on the wide
-    2560-input layers, split-K for the narrow int4 layers only, and the SAMBAY_* overrides."""
+    """The GPU launch choices (only read when compiled, so checked here directly): int8 word-wise reads on Mamba's
+    in_proj only, split-K for the narrow int4 layers only, 8 rows per int4 program on the 4,096–10,240-row layers
+    without SwiGLU, and the SAMBAY_* overrides."""
     monkeypatch.delenv("SAMBAY_GEMV", raising=False)
     monkeypatch.delenv("SAMBAY_INT8_GEMV", raising=False)
     monkeypatch.delenv("SAMBAY_W4_GEMV", raising=False)
-    assert tk.int8_gemv_variant(2560, 20480) == "words" and tk.int8_gemv_variant(10240, 2560) == "bytes"
-    assert tk.int8_gemv_config(2560, 2560) == {"block_n": 1, "block_k": 512, "num_warps": 2, "split": 1}
+    assert [tk.int8_gemv_variant(k, n) for k, n in ((2560, 20480), (2560, 10240), (10240, 2560))] == \
+        ["bytes", "words", "bytes"]
+    assert tk.int8_gemv_config(2560, 2560) == {"block_n": 2, "block_k": 1024, "num_warps": 4, "split": 1}
+    assert tk.int8_gemv_config(2560, 5120) == {"block_n": 2, "block_k": 512, "num_warps": 2, "split": 1}
     monkeypatch.setenv("SAMBAY_GEMV", "2,512,4,3")
     assert tk.int8_gemv_config(1, 1) == {"block_n": 2, "block_k": 512, "num_warps": 4, "split": 3}
     monkeypatch.setattr(tk, "_INTERPRET", False)
     assert tk.w4_gemv_config(20480, 2560, 128)[3] == 1  # 1,280 row blocks: no split
     bn, ng, nw, split = tk.w4_gemv_config(2560, 10240, 128)
     assert (bn, ng, nw, split) == (16, 4, 4, 5)  # 160 row blocks, 5 splits
-    assert tk.w4_gemv_config(10240, 2560, 128, "swiglu")[:3] == (8, 2, 2)
+    assert tk.w4_gemv_config(10240, 2560, 128, "swiglu") == (16, 4, 4, 1)
+    assert tk.w4_gemv_config(10240, 2560, 128) == tk.w4_gemv_config(5120, 2560, 128, "gate") == (8, 4, 4, 1)
     monkeypatch.setenv("SAMBAY_W4_GEMV", "8,2,1,99")
     assert tk.w4_gemv_config(2560, 2560, 128) == (8, 2, 1, 10)  # the split is capped at the steps there are

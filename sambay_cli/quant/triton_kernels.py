@@ -496,15 +496,18 @@ def _flatten(x: torch.Tensor) -> tuple[torch.Tensor, tuple[int, ...]]:
     return x.reshape(-1, x.shape[-1]).contiguous(), lead
 
 
-# int8 GEMV launch (rows per program, input columns per step, warps) and kernel variant, the best of
-# tools/bench_quant_gemv.py's sweep on an H100 (CUDA-graph device time, weights rotated to defeat the L2 cache): all
-# int8 linears of one 3.8B token (lm_head excluded) in 1.62 ms against 2.78 ms for bf16 cuBLAS. int8 reads its codes
-# as 32-bit words on the wide 2560-input layers and element-wise elsewhere.
+# int8 GEMV launch (rows per program, input columns per step, warps) and kernel variant, the best of an H100 sweep
+# under PDL (.gpu_exp-style focused sweep recorded in docs/results/2026-11-27-h100-pdl.txt; CUDA-graph device time,
+# weights rotated to defeat the L2 cache, each model epilogue): MLP fc1 with its SwiGLU element-wise (22.7 → 20.5
+# µs), Mamba in_proj as 32-bit words (12.6 → 11.6), the 5,120-row layers two rows per program (7.0 → 6.4), the
+# 2,560 × 2,560 ones (5.0 → 4.4).
 def _default_int8_gemv(k: int, n: int) -> tuple[str, dict[str, int]]:
-    if k <= 2560 and n >= 10240:  # MLP fc1, Mamba in_proj: codes read as 32-bit words
-        variant, cfg = "words", (8, 512, 4)
+    if k <= 2560 and n >= 20480:  # MLP fc1 ([gate | up])
+        variant, cfg = "bytes", (1, 512, 2)
+    elif k <= 2560 and n >= 10240:  # Mamba in_proj: codes read as 32-bit words
+        variant, cfg = "words", (4, 512, 2)
     elif k <= 2560:
-        variant, cfg = "bytes", (1, 512, 2) if n <= 2560 else (4, 512, 4)
+        variant, cfg = "bytes", (2, 1024, 4) if n <= 2560 else (2, 512, 2)
     else:
         variant, cfg = "bytes", (2, 1024, 4)
     return variant, {"block_n": cfg[0], "block_k": cfg[1], "num_warps": cfg[2], "split": 1}
@@ -612,7 +615,9 @@ def w8a16_linear(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     return y.reshape(*lead, n)
 
 
-# int4 GEMV launch: 16 rows per program, 4 groups per step, 4 warps (H100 sweep, tools/bench_quant_gemv.py); layers
+# int4 GEMV launch: 16 rows per program (8 for the 4,096–10,240-row layers that do not split), 4 groups per step,
+# 4 warps — the MLP fc1 with its SwiGLU too (13.8 → 12.3 µs against its earlier 8 rows, 2 groups, 2 warps), Mamba
+# in_proj 8.4 → 7.0 µs (H100 sweep under PDL, docs/results/2026-11-27-h100-pdl.txt); layers
 # with fewer than SPLIT_MIN_PROGRAMS row blocks split the input dimension so that about SPLIT_TARGET programs run
 # (5 splits for the 160 row blocks of a 2,560-row output: the sweep's best on all three such shapes with the packed
 # bf16x2 loop, 0.2–0.4 µs a layer better than 4). Within 0.5 µs of the sweep's best on every 3.8B shape. (Prefetching the next step's words in registers gained
@@ -633,11 +638,8 @@ def w4_gemv_config(n: int, k: int, group_size: int, epilogue: str = "none") -> t
         return bn, ng, nw, max(1, min(split, groups // ng))
     ng = 4 if groups % 4 == 0 else 2 if groups % 2 == 0 else 1
     bn, nw = (4, 1) if _INTERPRET else (16, 4)
-    if not _INTERPRET:
-        if epilogue == "swiglu":  # two row blocks per program: half the rows, half the groups
-            bn, nw, ng = 8, 2, min(ng, 2)
-        elif epilogue == "gate":  # the GMU's in_proj: 8 rows per program measured best
-            bn = 8
+    if not _INTERPRET and epilogue != "swiglu" and 4096 <= n <= 10240:  # Mamba / GMU in_proj, Wqkv: 8 rows
+        bn = 8
     blocks = triton.cdiv(n, bn)
     split = 1 if blocks >= SPLIT_MIN_PROGRAMS else max(1, min(groups // ng, triton.cdiv(SPLIT_TARGET, blocks)))
     return bn, ng, nw, split
