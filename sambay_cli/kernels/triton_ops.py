@@ -154,27 +154,37 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
                        stride_sb, stride_sd, stride_xb, stride_dtb, stride_wdt, stride_bb, stride_cb, stride_zb,
                        stride_yb, N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
                        SOFTPLUS: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                       PDL: tl.constexpr = 0):
-    pdl_wait(PDL)
+                       PDL: tl.constexpr = 0, CONSTANTS_FIRST: tl.constexpr = False):
+    """CONSTANTS_FIRST (with PDL): A, D, the Δ bias and W_dt — parameters — are read before the wait point."""
+    if not CONSTANTS_FIRST:
+        pdl_wait(PDL)
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     offs_n = tl.arange(0, N)
     md = offs_d < D
     m2 = md[:, None]
-    x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
-    if DT_PROJ:  # Δ = W_dt · δ from the low-rank δ (x_proj's first R outputs), in float32
+    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m2, other=0.0)
+    if DT_PROJ:
         offs_r = tl.arange(0, BLOCK_R)
         mr = offs_r < R
-        low = tl.load(dt_ptr + pid_b * stride_dtb + offs_r, mask=mr, other=0.0).to(tl.float32)
         w = tl.load(wdt_ptr + offs_d[:, None] * stride_wdt + offs_r[None, :], mask=m2 & mr[None, :], other=0.0)
+    if HAS_DTB:
+        dt_bias = tl.load(dtb_ptr + offs_d, mask=md, other=0.0)
+    if HAS_D:
+        d_skip = tl.load(d_ptr + offs_d, mask=md, other=0.0)
+    if CONSTANTS_FIRST:
+        pdl_wait(PDL)
+    x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+    if DT_PROJ:  # Δ = W_dt · δ from the low-rank δ (x_proj's first R outputs), in float32
+        low = tl.load(dt_ptr + pid_b * stride_dtb + offs_r, mask=mr, other=0.0).to(tl.float32)
         dt = tl.sum(w.to(tl.float32) * low[None, :], axis=1)
     else:
         dt = tl.load(dt_ptr + pid_b * stride_dtb + offs_d, mask=md, other=0.0).to(tl.float32)
     if HAS_DTB:
-        dt += tl.load(dtb_ptr + offs_d, mask=md, other=0.0).to(tl.float32)
+        dt += dt_bias.to(tl.float32)
     if SOFTPLUS:
         dt = tl.where(dt <= 20.0, tl.log(1.0 + tl.exp(dt)), dt)
-    a = tl.load(a_ptr + offs_d[:, None] * N + offs_n[None, :], mask=m2, other=0.0).to(tl.float32)
+    a = a.to(tl.float32)
     bvec = tl.load(b_ptr + pid_b * stride_bb + offs_n).to(tl.float32)
     cvec = tl.load(c_ptr + pid_b * stride_cb + offs_n).to(tl.float32)
     sp = state_ptr + pid_b * stride_sb + offs_d[:, None] * stride_sd + offs_n[None, :]
@@ -183,7 +193,7 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
     tl.store(sp, s, mask=m2)
     y = tl.sum(s * cvec[None, :], axis=1)
     if HAS_D:
-        y += tl.load(d_ptr + offs_d, mask=md, other=0.0).to(tl.float32) * x
+        y += d_skip.to(tl.float32) * x
     if HAS_Z:
         z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
         y = y * (z / (1.0 + tl.exp(-z)))
@@ -193,10 +203,13 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
                            out_dtype=torch.float32):
     """Triton version of reference.selective_state_update (state [B, D, N] float32, updated in place). With
-    ``dt_proj_weight`` [D, R], ``dt`` is the low-rank [B, R] input and Δ = dt · W_dtᵀ is formed in the kernel."""
+    ``dt_proj_weight`` [D, R], ``dt`` is the low-rank [B, R] input and Δ = dt · W_dtᵀ is formed in the kernel.
+    Under PDL ``A`` (when already float32 and contiguous), ``D``, ``dt_bias`` and ``dt_proj_weight`` are read before
+    the kernels before this one end: they must be parameters (or, for A, made before the step)."""
     bsz, dim = x.shape
     n = A.shape[-1]
     assert state.dtype == torch.float32 and state.stride(-1) == 1 and n == triton.next_power_of_2(n)
+    a_ready = A.dtype == torch.float32 and A.is_contiguous()  # else converted here, by a kernel of this step
     A = A.float().contiguous()
     y = torch.empty(bsz, dim, device=x.device, dtype=out_dtype)
     block = 64
@@ -215,7 +228,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         z.stride(0) if z is not None else 0, y.stride(0),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=dt_softplus,
         DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block, PDL=pdl,
-        **launch_options(pdl),
+        CONSTANTS_FIRST=a_ready and pdl != 0, **launch_options(pdl),
     )
     return y
 
