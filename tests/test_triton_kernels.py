@@ -438,6 +438,57 @@ def test_kv_write_decode_matches_reference():
     assert torch.equal(caches[0][1, :, 7], k[1])
 
 
+@pytest.mark.parametrize("rms,with_bias", [(True, False), (False, True)])
+def test_embed_norm_matches_reference(rms, with_bias):
+    """Gather + float32 residual + first norm in one kernel: h is the table row widened exactly, the normed row the
+    reference's (bf16 table and norm weights, as the model keeps them)."""
+    torch.manual_seed(12)
+    vocab, n = 50, 96
+    table = torch.randn(vocab, n, device=DEV).bfloat16()
+    weight = (torch.rand(n, device=DEV) + 0.5).bfloat16()
+    bias = torch.randn(n, device=DEV).bfloat16() if with_bias else None
+    ids = torch.tensor([[3, 49, 0], [7, 7, 12]], device=DEV)
+    h, x = ops.embed_norm(ids, table, weight, bias, 1e-5, rms)
+    h_ref, x_ref = reference.embed_norm(ids, table, weight, bias, 1e-5, rms)
+    assert h.shape == (2, 3, n) and h.dtype == torch.float32 and x.dtype == torch.bfloat16
+    assert torch.equal(h, h_ref) and torch.equal(h[1, 0], h[1, 1])
+    _close(x.float(), x_ref.float(), tol=2e-2)
+
+
+def test_gemv_writes_the_asked_dtype():
+    """The lm_head GEMV writes float32 logits itself (no conversion kernel after it), the same values."""
+    from sambay_cli.kernels import triton_gemv
+
+    torch.manual_seed(13)
+    w, x = torch.randn(40, 64, device=DEV).bfloat16(), torch.randn(1, 64, device=DEV).bfloat16()
+    y32 = triton_gemv.gemv(x, w, out_dtype=torch.float32)
+    assert y32.dtype == torch.float32 and y32.shape == (1, 40)
+    _close(y32, x.float() @ w.float().T, tol=1e-2)
+
+
+@pytest.mark.parametrize("window", [8, 0])
+def test_decode_positions_matches_reference(window):
+    """The one-kernel step bookkeeping: rows at different positions (one wrapping round the ring) get n_keys = p + 1,
+    their position marked valid in the shared KV, their ring slot p mod W with its position and validity — the
+    reference's result, nothing else touched."""
+    b, s_max = 3, 20
+    pos = torch.tensor([0, 5, 13], device=DEV)
+    state = {"n_keys": torch.zeros(b, dtype=torch.long, device=DEV),
+             "kv_valid": torch.rand(b, s_max, device=DEV) < 0.3}
+    if window:
+        state.update(swa_slot=torch.full((b,), -7, dtype=torch.long, device=DEV),
+                     swa_pos=torch.randint(-1, 20, (b, window), device=DEV),
+                     swa_valid=torch.rand(b, window, device=DEV) < 0.5)
+    ref = {k: t.clone() for k, t in state.items()}
+    ops.decode_positions(pos, *state.values())
+    reference.decode_positions(pos, *ref.values())
+    for name in state:
+        assert torch.equal(state[name], ref[name]), name
+    assert state["n_keys"].tolist() == [1, 6, 14] and bool(state["kv_valid"][2, 13])
+    if window:
+        assert state["swa_slot"].tolist() == [0, 5, 5] and state["swa_pos"][2, 5].item() == 13
+
+
 @pytest.mark.parametrize("gated", [True, False])
 def test_ssm_update_with_fused_dt_proj_and_out_dtype(gated):
     """Δ = W_dt·δ formed inside the state update equals dt_proj then the update; output in the asked dtype."""

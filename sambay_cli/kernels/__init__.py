@@ -54,10 +54,12 @@ for _op in (
     "swiglu",
     "gmu_gate",
     "add_norm",
+    "embed_norm",
     "linear",
     "linear_swiglu",
     "linear_gate",
     "kv_write_decode",
+    "decode_positions",
 ):
     register(_op, "torch", getattr(reference, _op), always, first=False)
 
@@ -153,6 +155,16 @@ def _triton_add_norm(h, delta, weight, bias, eps, rms):
     return _triton_module().add_norm(h, delta, weight, bias, eps, rms)
 
 
+def _triton_embed_norm_ok(ids, table=None, *_args) -> bool:
+    if table is None:  # backends() probes with one tensor
+        return _on_cuda_with_triton(ids)
+    return _on_cuda_with_triton(table) and table.is_contiguous() and table.shape[-1] <= 65536
+
+
+def _triton_embed_norm(ids, table, weight, bias, eps, rms):
+    return _triton_module().embed_norm(ids, table, weight, bias, eps, rms)
+
+
 def _gemv_module():
     return optional_import("sambay_cli.kernels.triton_gemv")
 
@@ -163,10 +175,10 @@ def _gemv_ok(x, weight=None, *_args) -> bool:
     return x.is_cuda and _gemv_module() is not None
 
 
-def _triton_linear(x, weight, bias):
+def _triton_linear(x, weight, bias, out_dtype=None):
     if not _gemv_module().supported(x, weight):
-        return reference.linear(x, weight, bias)
-    return _gemv_module().gemv(x, weight, bias)
+        return reference.linear(x, weight, bias, out_dtype)
+    return _gemv_module().gemv(x, weight, bias, out_dtype=out_dtype)
 
 
 def _triton_linear_swiglu(x, weight, bias):
@@ -198,12 +210,20 @@ def _triton_kv_write_decode(k_cache, v_cache, k, v, slots):
 
 
 register("kv_write_decode", "triton", _triton_kv_write_decode, _kv_write_ok)
+
+
+def _triton_decode_positions(pos, n_keys, kv_valid, swa_slot=None, swa_pos=None, swa_valid=None):
+    return _triton_module().decode_positions(pos, n_keys, kv_valid, swa_slot, swa_pos, swa_valid)
+
+
+register("decode_positions", "triton", _triton_decode_positions, _on_cuda_with_triton)
 register("linear", "triton", _triton_linear, _gemv_ok)
 register("linear_swiglu", "triton", _triton_linear_swiglu, _gemv_ok)
 register("linear_gate", "triton", _triton_linear_gate, _gemv_ok)
 register("attention_decode", "triton", _triton_attention_decode, _on_cuda_with_triton)
 register("attention_prefill", "triton", _triton_attention_prefill, _on_cuda_with_triton)
 register("add_norm", "triton", _triton_add_norm, _triton_add_norm_ok)
+register("embed_norm", "triton", _triton_embed_norm, _triton_embed_norm_ok)
 register("swiglu", "triton", _triton_swiglu, _on_cuda_with_triton)
 register("gmu_gate", "triton", _triton_gmu_gate, _on_cuda_with_triton)
 register("selective_scan", "triton", _triton_selective_scan, _on_cuda_with_triton)
@@ -287,8 +307,16 @@ def kv_write_decode(k_cache, v_cache, k, v, slots):
     return resolve("kv_write_decode", k_cache).fn(k_cache, v_cache, k, v, slots)
 
 
-def linear(x, weight, bias=None):
-    return resolve("linear", x, weight).fn(x, weight, bias)
+def decode_positions(pos, n_keys, kv_valid, swa_slot=None, swa_pos=None, swa_valid=None):
+    return resolve("decode_positions", pos).fn(pos, n_keys, kv_valid, swa_slot, swa_pos, swa_valid)
+
+
+def embed_norm(ids, table, weight, bias, eps, rms):
+    return resolve("embed_norm", ids, table).fn(ids, table, weight, bias, eps, rms)
+
+
+def linear(x, weight, bias=None, out_dtype=None):
+    return resolve("linear", x, weight).fn(x, weight, bias, out_dtype)
 
 
 def linear_swiglu(x, weight, bias=None):
@@ -314,9 +342,11 @@ __all__ = [
     "swiglu",
     "gmu_gate",
     "add_norm",
+    "embed_norm",
     "linear",
     "linear_swiglu",
     "linear_gate",
     "kv_write_decode",
+    "decode_positions",
     "attention_mask",
 ]

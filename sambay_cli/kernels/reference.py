@@ -175,9 +175,26 @@ def kv_write_decode(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tenso
     v_cache[rows, :, slots] = v.to(v_cache.dtype)
 
 
-def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """y = x·Wᵀ + b (cuBLAS on CUDA)."""
-    return F.linear(x, weight, bias)
+def decode_positions(pos: torch.Tensor, n_keys: torch.Tensor, kv_valid: torch.Tensor,
+                     swa_slot: torch.Tensor | None = None, swa_pos: torch.Tensor | None = None,
+                     swa_valid: torch.Tensor | None = None) -> None:
+    """The bookkeeping of a one-token decode step, in place: row b's position p = pos[b] becomes its n_keys[b] = p + 1
+    keys of the shared KV (kv_valid[b, p] = True) and, with a sliding window of W = swa_pos.shape[1], takes ring slot
+    swa_slot[b] = p mod W (swa_pos[b, slot] = p, swa_valid[b, slot] = True)."""
+    rows = torch.arange(pos.shape[0], device=pos.device)
+    n_keys.copy_(pos + 1)
+    kv_valid[rows, pos] = True
+    if swa_pos is not None:
+        torch.remainder(pos, swa_pos.shape[1], out=swa_slot)
+        swa_pos[rows, swa_slot] = pos
+        swa_valid[rows, swa_slot] = True
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
+           out_dtype: torch.dtype | None = None) -> torch.Tensor:
+    """y = x·Wᵀ + b (cuBLAS on CUDA), in ``out_dtype`` when given."""
+    y = F.linear(x, weight, bias)
+    return y if out_dtype is None else y.to(out_dtype)
 
 
 def linear_swiglu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
@@ -209,6 +226,13 @@ def add_norm(h: torch.Tensor, delta: torch.Tensor | None, weight: torch.Tensor, 
     if rms:
         return h, rms_norm(x, weight, eps).to(weight.dtype)
     return h, F.layer_norm(x, (x.shape[-1],), weight, bias, eps)
+
+
+def embed_norm(ids: torch.Tensor, table: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, eps: float,
+               rms: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The residual stream's start and the first sub-layer's input: h = table[ids] in float32, and
+    :func:`add_norm` (h, None, …)'s normed h. Returns (h, normed)."""
+    return add_norm(F.embedding(ids, table).float(), None, weight, bias, eps, rms)
 
 
 # --------------------------------------------------------------------------------------------------- attention

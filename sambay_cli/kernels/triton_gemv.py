@@ -329,14 +329,15 @@ def supported(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None, *, epilogue: str = "none",
          memory: torch.Tensor | None = None, scales: torch.Tensor | None = None,
-         config: tuple[int, ...] | None = None, int8_words: bool = False) -> torch.Tensor:
+         config: tuple[int, ...] | None = None, int8_words: bool = False,
+         out_dtype: torch.dtype | None = None) -> torch.Tensor:
     """x [..., K] · weight [N', K]ᵀ with the named epilogue; out [..., N] in x's dtype, where N = N'/2 for ``swiglu``
     and N' otherwise. ``memory`` [..., N] is the gate's other operand for ``gate``. With ``scales`` [N'], ``weight``
     holds int8 codes and row r is scaled by scales[r] (W8A16). ``config``: (block_n, block_k, num_warps[, split])
     instead of the table; split > 1 divides the K steps among that many programs per row block (split-K through
     :func:`splitk_workspace`; unsplit during a CUDA-graph capture that finds no workspace). ``int8_words``: read int8
     codes as 32-bit words (whole steps only). Each activation row is its own pass over the weight (the seam sends one
-    row; W8A16 up to four). Under PDL (:mod:`.pdl`) the kernel reads part of ``weight`` before waiting for the
+    row; W8A16 up to four). ``out_dtype``: the output's dtype (default x's). Under PDL (:mod:`.pdl`) the kernel reads part of ``weight`` before waiting for the
     kernels before it, so ``weight`` must not be written by them (model parameters never are)."""
     kind = _EPILOGUES[epilogue]
     k = x.shape[-1]
@@ -346,7 +347,7 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
         x2 = x2.contiguous()
     m_rows = x2.shape[0]
     n = weight.shape[0] // 2 if kind == EPILOGUE_SWIGLU else weight.shape[0]
-    y = torch.empty(m_rows, n, device=x.device, dtype=x.dtype)
+    y = torch.empty(m_rows, n, device=x.device, dtype=out_dtype or x.dtype)
     if kind == EPILOGUE_GATE:
         mem = memory.reshape(-1, n)
         if mem.stride(-1) != 1:

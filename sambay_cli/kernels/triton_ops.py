@@ -266,6 +266,39 @@ def kv_write_decode(k_cache, v_cache, k, v, slots):
                              **launch_options(pdl))
 
 
+@triton.jit
+def _decode_positions_kernel(pos_ptr, nkeys_ptr, kvv_ptr, slot_ptr, swapos_ptr, swav_ptr, B, stride_kvv, stride_swa,
+                             WINDOW, HAS_WINDOW: tl.constexpr, BLOCK_B: tl.constexpr, PDL: tl.constexpr = 0):
+    pdl_wait(PDL)
+    b = tl.arange(0, BLOCK_B)
+    ok = b < B
+    p = tl.load(pos_ptr + b, mask=ok, other=0)
+    tl.store(nkeys_ptr + b, p + 1, mask=ok)
+    tl.store(kvv_ptr + b.to(tl.int64) * stride_kvv + p, tl.full((BLOCK_B,), 1, tl.uint8), mask=ok)
+    if HAS_WINDOW:
+        slot = p % WINDOW
+        tl.store(slot_ptr + b, slot, mask=ok)
+        tl.store(swapos_ptr + b * stride_swa + slot, p, mask=ok)
+        tl.store(swav_ptr + b * stride_swa + slot, tl.full((BLOCK_B,), 1, tl.uint8), mask=ok)
+
+
+def decode_positions(pos, n_keys, kv_valid, swa_slot=None, swa_pos=None, swa_valid=None):
+    """Triton version of reference.decode_positions: one kernel instead of six or seven small torch ones."""
+    bsz = pos.shape[0]
+    window = swa_pos is not None
+    assert kv_valid.dtype == torch.bool and kv_valid.stride(1) == 1 and pos.is_contiguous()
+    if window:
+        assert swa_valid.dtype == torch.bool and swa_pos.stride(1) == 1 and swa_valid.stride() == swa_pos.stride()
+    pdl = pdl_mode(pos)
+    kvv = kv_valid.view(torch.uint8)
+    _decode_positions_kernel[(1,)](
+        pos, n_keys, kvv, swa_slot if window else pos, swa_pos if window else pos,
+        swa_valid.view(torch.uint8) if window else kvv, bsz, kv_valid.stride(0), swa_pos.stride(0) if window else 0,
+        swa_pos.shape[1] if window else 1, HAS_WINDOW=window, BLOCK_B=triton.next_power_of_2(bsz), PDL=pdl,
+        **launch_options(pdl),
+    )
+
+
 # -------------------------------------------------------------------------------------------- Mamba prefill scan
 
 
@@ -912,8 +945,9 @@ def silu_mul(a: torch.Tensor, b: torch.Tensor, out_dtype: torch.dtype) -> torch.
 @triton.jit
 def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
                      HAS_DELTA: tl.constexpr, HAS_BIAS: tl.constexpr, RMS: tl.constexpr, BLOCK: tl.constexpr,
-                     PDL: tl.constexpr = 0):
-    """With PDL the norm's weight and bias (parameters) are read before the wait point."""
+                     PDL: tl.constexpr = 0, GATHER: tl.constexpr = False):
+    """With PDL the norm's weight and bias (parameters) are read before the wait point. GATHER: h is row
+    h_ptr[row] (token ids) of the table at d_ptr, widened to float32 and written to hout."""
     row = tl.program_id(0).to(tl.int64)
     offs = tl.arange(0, BLOCK)
     ok = offs < N
@@ -921,7 +955,12 @@ def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
     if HAS_BIAS:
         b = tl.load(b_ptr + offs, mask=ok, other=0.0)
     pdl_wait(PDL)
-    h = tl.load(h_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
+    if GATHER:
+        token = tl.load(h_ptr + row).to(tl.int64)
+        h = tl.load(d_ptr + token * N + offs, mask=ok, other=0.0).to(tl.float32)
+        tl.store(hout_ptr + row * N + offs, h, mask=ok)
+    else:
+        h = tl.load(h_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
     if HAS_DELTA:
         h += tl.load(d_ptr + row * N + offs, mask=ok, other=0.0).to(tl.float32)
         tl.store(hout_ptr + row * N + offs, h, mask=ok)
@@ -935,6 +974,24 @@ def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
     if HAS_BIAS:
         y += b.to(tl.float32)
     tl.store(x_ptr + row * N + offs, y.to(x_ptr.dtype.element_ty), mask=ok)
+
+
+def embed_norm(ids, table, weight, bias, eps, rms):
+    """Triton version of reference.embed_norm: the embedding gather, its float32 copy and the first norm in one
+    kernel, one program per token."""
+    n = table.shape[-1]
+    assert table.is_contiguous()
+    ids_flat = ids.reshape(-1).contiguous()
+    h = torch.empty(*ids.shape, n, device=table.device, dtype=torch.float32)
+    x = torch.empty(h.shape, device=table.device, dtype=weight.dtype)
+    block = triton.next_power_of_2(n)
+    pdl = pdl_mode(table)
+    _add_norm_kernel[(ids_flat.numel(),)](
+        ids_flat, table, weight, bias if bias is not None else weight, h, x, n, float(eps),
+        HAS_DELTA=False, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block, PDL=pdl, GATHER=True,
+        num_warps=max(1, min(16, block // 256)), **launch_options(pdl),
+    )
+    return h, x
 
 
 def add_norm(h, delta, weight, bias, eps, rms):

@@ -67,7 +67,6 @@ class SambaYCache:
         self.kv_valid = torch.zeros(batch_size, max_length, dtype=torch.bool, device=device)
         self.chunk_valid: torch.Tensor | None = None  # set by begin() for the chunk being processed
         # per-row decode position, keys visible to it, and the ring size (device tensors: graph-safe)
-        self.rows = torch.arange(batch_size, device=device)
         self.pos_t = torch.zeros(batch_size, dtype=torch.long, device=device)
         self.n_keys_t = torch.ones(batch_size, dtype=torch.long, device=device)
         self.window_t = torch.full((batch_size,), self.window, dtype=torch.long, device=device)
@@ -122,13 +121,12 @@ class SambaYCache:
         if self.seen + 1 > self.max_length:
             raise ValueError(f"cache holds {self.max_length} positions; all used")
         self.chunk_valid = None
-        self.n_keys_t.copy_(self.pos_t + 1)
-        true = torch.ones_like(self.pos_t, dtype=torch.bool)  # a device tensor: graph capture forbids host copies
-        self.kv_valid.index_put_((self.rows, self.pos_t), true)
-        if self.window:
-            self.swa_slot_t = torch.remainder(self.pos_t, self.window)  # once per step, for every SWA layer
-            self.swa_pos.index_put_((self.rows, self.swa_slot_t), self.pos_t)
-            self.swa_valid.index_put_((self.rows, self.swa_slot_t), true)
+        if self.window:  # each row's ring slot, once per step for every SWA layer
+            self.swa_slot_t = torch.empty_like(self.pos_t)
+            kernels.decode_positions(self.pos_t, self.n_keys_t, self.kv_valid, self.swa_slot_t, self.swa_pos,
+                                     self.swa_valid)
+        else:
+            kernels.decode_positions(self.pos_t, self.n_keys_t, self.kv_valid)
 
     def end_decode(self) -> None:
         self.pos_t.add_(1)
@@ -174,7 +172,6 @@ class SambaYCache:
         self.pos_t = shrink(self.pos_t)
         self.n_keys_t = shrink(self.n_keys_t)
         self.window_t = shrink(self.window_t)
-        self.rows = self.rows[:n]
         self.batch_size = n
 
     def insert(self, dst_rows: list[int], src: SambaYCache, src_rows: list[int]) -> None:

@@ -75,6 +75,16 @@ def add_norm(h: torch.Tensor, delta: torch.Tensor | None, norm: nn.Module) -> tu
     return kernels.add_norm(h, delta, norm.weight, getattr(norm, "bias", None), norm.eps, isinstance(norm, RMSNorm))
 
 
+def embed_norm(embed: nn.Module, ids: torch.Tensor, norm: nn.Module) -> tuple[torch.Tensor, torch.Tensor]:
+    """The float32 residual stream h = embed(ids) and the first sub-layer's input norm(h): one fused kernel for a
+    plain embedding table, the module then :func:`add_norm` otherwise (a quantized table)."""
+    if (type(embed) is nn.Embedding and embed.max_norm is None and not embed._forward_hooks
+            and not embed._forward_pre_hooks):
+        return kernels.embed_norm(ids, embed.weight, norm.weight, getattr(norm, "bias", None), norm.eps,
+                                  isinstance(norm, RMSNorm))
+    return add_norm(embed(ids).float(), None, norm)
+
+
 # ----------------------------------------------------------------------------------------------------- MLP
 
 
@@ -461,12 +471,11 @@ class SambaYForCausalLM(nn.Module):
             positions = None
         else:
             positions = cache.begin(length, attention_mask)
-        h = self.model.embed_tokens(input_ids.to(self.device)).float()
+        layers = self.model.layers
+        h, x = embed_norm(self.model.embed_tokens, input_ids.to(self.device), layers[0].input_layernorm)
         hidden = [h] if output_hidden_states else None
         memory = None
         kv_layer = self.config.kv_layer
-        layers = self.model.layers
-        _, x = add_norm(h, None, layers[0].input_layernorm)
         for i, layer in enumerate(layers):
             if keep == 0 and i >= kv_layer:
                 # only the shared KV is needed from layer N/2+1; no queries, no cross-decoder
@@ -489,7 +498,7 @@ class SambaYForCausalLM(nn.Module):
             hidden[-1] = normed.float()
         if logits_to_keep is not None:
             normed = normed[:, normed.shape[1] - logits_to_keep:]
-        logits = kernels.linear(normed, self.lm_head_weight()).float()
+        logits = kernels.linear(normed, self.lm_head_weight(), out_dtype=torch.float32)
         return ForwardOutput(logits=logits, hidden_states=hidden, last_hidden_raw=raw if hidden is not None else None)
 
     @staticmethod
