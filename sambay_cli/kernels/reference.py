@@ -182,12 +182,13 @@ def decode_positions(pos: torch.Tensor, n_keys: torch.Tensor, kv_valid: torch.Te
     keys of the shared KV (kv_valid[b, p] = True) and, with a sliding window of W = swa_pos.shape[1], takes ring slot
     swa_slot[b] = p mod W (swa_pos[b, slot] = p, swa_valid[b, slot] = True)."""
     rows = torch.arange(pos.shape[0], device=pos.device)
+    true = torch.ones_like(pos, dtype=torch.bool)  # device tensors only: a CUDA-graph capture forbids host copies
     n_keys.copy_(pos + 1)
-    kv_valid[rows, pos] = True
+    kv_valid.index_put_((rows, pos), true)
     if swa_pos is not None:
         torch.remainder(pos, swa_pos.shape[1], out=swa_slot)
-        swa_pos[rows, swa_slot] = pos
-        swa_valid[rows, swa_slot] = True
+        swa_pos.index_put_((rows, swa_slot), pos)
+        swa_valid.index_put_((rows, swa_slot), true)
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
