@@ -337,8 +337,9 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
     instead of the table; split > 1 divides the K steps among that many programs per row block (split-K through
     :func:`splitk_workspace`; unsplit during a CUDA-graph capture that finds no workspace). ``int8_words``: read int8
     codes as 32-bit words (whole steps only). Each activation row is its own pass over the weight (the seam sends one
-    row; W8A16 up to four). ``out_dtype``: the output's dtype (default x's). Under PDL (:mod:`.pdl`) the kernel reads part of ``weight`` before waiting for the
-    kernels before it, so ``weight`` must not be written by them (model parameters never are)."""
+    row; W8A16 up to four). ``out_dtype``: the output's dtype (default x's). Under PDL (:mod:`.pdl`) the kernel
+    reads part of ``weight`` before waiting for the kernels before it, so ``weight`` must not be written by them
+    (model parameters never are)."""
     kind = _EPILOGUES[epilogue]
     k = x.shape[-1]
     lead = x.shape[:-1]

@@ -976,37 +976,35 @@ def _add_norm_kernel(h_ptr, d_ptr, w_ptr, b_ptr, hout_ptr, x_ptr, N, eps,
     tl.store(x_ptr + row * N + offs, y.to(x_ptr.dtype.element_ty), mask=ok)
 
 
+def _launch_add_norm(rows, src, other, weight, bias, h_out, x, eps, rms, has_delta, gather):
+    """One program per row of ``_add_norm_kernel`` (``src``/``other``: h and delta, or token ids and the table)."""
+    n = x.shape[-1]
+    block = triton.next_power_of_2(n)
+    pdl = pdl_mode(x)
+    _add_norm_kernel[(rows,)](
+        src, other, weight, bias if bias is not None else weight, h_out, x, n, float(eps),
+        HAS_DELTA=has_delta, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block, PDL=pdl, GATHER=gather,
+        num_warps=max(1, min(16, block // 256)), **launch_options(pdl),
+    )
+
+
 def embed_norm(ids, table, weight, bias, eps, rms):
     """Triton version of reference.embed_norm: the embedding gather, its float32 copy and the first norm in one
     kernel, one program per token."""
-    n = table.shape[-1]
     assert table.is_contiguous()
     ids_flat = ids.reshape(-1).contiguous()
-    h = torch.empty(*ids.shape, n, device=table.device, dtype=torch.float32)
+    h = torch.empty(*ids.shape, table.shape[-1], device=table.device, dtype=torch.float32)
     x = torch.empty(h.shape, device=table.device, dtype=weight.dtype)
-    block = triton.next_power_of_2(n)
-    pdl = pdl_mode(table)
-    _add_norm_kernel[(ids_flat.numel(),)](
-        ids_flat, table, weight, bias if bias is not None else weight, h, x, n, float(eps),
-        HAS_DELTA=False, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block, PDL=pdl, GATHER=True,
-        num_warps=max(1, min(16, block // 256)), **launch_options(pdl),
-    )
+    _launch_add_norm(ids_flat.numel(), ids_flat, table, weight, bias, h, x, eps, rms, False, True)
     return h, x
 
 
 def add_norm(h, delta, weight, bias, eps, rms):
     """h ← h + delta (float32), normed = LayerNorm/RMSNorm(h in the weights' dtype): one pass, one program per row.
     Under PDL ``weight`` and ``bias`` are read before the kernels before it end: they must be parameters."""
-    n = h.shape[-1]
     h = h.contiguous()
     x = torch.empty(h.shape, device=h.device, dtype=weight.dtype)
     h_out = torch.empty_like(h) if delta is not None else h
     d = delta.contiguous() if delta is not None else h
-    block = triton.next_power_of_2(n)
-    pdl = pdl_mode(h)
-    _add_norm_kernel[(h.numel() // n,)](
-        h, d, weight, bias if bias is not None else weight, h_out, x, n, float(eps),
-        HAS_DELTA=delta is not None, HAS_BIAS=bias is not None, RMS=rms, BLOCK=block, PDL=pdl,
-        num_warps=max(1, min(16, block // 256)), **launch_options(pdl),
-    )
+    _launch_add_norm(h.numel() // h.shape[-1], h, d, weight, bias, h_out, x, eps, rms, delta is not None, False)
     return h_out, x
