@@ -69,6 +69,56 @@ def _decode_kernels():
         "int4 gemv swiglu": lambda: tk.w4a16_gemv(x4, w4, q4.scales.to(dev), q4.zeros.to(dev), 16, None,
                                                   epilogue="swiglu", config=(4, 2, 1, 2)),
         "add_norm": lambda: torch.cat(triton_ops.add_norm(h, delta, nw, None, 1e-5, True), dim=-1),
+        **_settled_kernels(),
+    }
+
+
+def _settled_kernels():
+    """Calls of the kernels that read *settled* inputs (written before the kernel just before them) before the wait
+    point under late PDL: the Mamba conv and state update with their in-place states (fresh copies per call; output
+    and new state returned together), and decode attention with keys/values or queries settled, differential and
+    plain, with a split that owns no keys and invalid slots."""
+    torch.manual_seed(12)
+    dev = DEV
+    d, n, r = 96, 16, 8
+    x, z = torch.randn(2, d, device=dev), torch.randn(2, d, device=dev)
+    conv_state, cw, cb = torch.randn(2, d, 3, device=dev), torch.randn(d, 4, device=dev), torch.randn(d, device=dev)
+    ssm_state = torch.randn(2, d, n, device=dev)
+    dt_low, w_dt = torch.randn(2, r, device=dev), torch.randn(d, r, device=dev) * 0.3
+    a_rates = -torch.rand(d, n, device=dev) - 0.1
+    bv, cv, dskip, dtb = (torch.randn(2, n, device=dev), torch.randn(2, n, device=dev), torch.randn(d, device=dev),
+                          torch.randn(d, device=dev))
+
+    def conv():
+        state = conv_state.clone()
+        y = triton_ops.causal_conv1d_update(x, state, cw, cb, settled=True)
+        return torch.cat([y, state.flatten(1)], dim=-1)
+
+    def ssm():
+        state = ssm_state.clone()
+        y = triton_ops.selective_state_update(state, x, dt_low, a_rates, bv, cv, D=dskip, z=z, dt_bias=dtb,
+                                              dt_proj_weight=w_dt, settled=True)
+        return torch.cat([y, state.flatten(1)], dim=-1)
+
+    hd, s_max = 16, 40
+    q = torch.randn(2, 8, hd, device=dev)
+    k, v = torch.randn(2, 4, s_max, hd, device=dev), torch.randn(2, 4, s_max, hd, device=dev)
+    valid = torch.rand(2, s_max, device=dev) > 0.2
+    n_keys = torch.tensor([37, 5], device=dev)  # row 1: three of the four splits own no keys
+    lam, sub_w = torch.tensor(0.3, device=dev), torch.rand(2 * hd, device=dev) + 0.5
+
+    def attention(settled, diff):
+        kw = dict(lambda_full=lam, lambda_init=0.6, subln_weight=sub_w) if diff else \
+            dict(lambda_full=None, lambda_init=0.0, subln_weight=None)
+        return triton_ops.diff_attention_decode(q, k, v, valid, n_keys, scale=hd ** -0.5, eps=1e-5, splits=4,
+                                                block_s=16, settled=settled, **kw)
+
+    return {
+        "conv update, state settled": conv,
+        "state update, x / z / state settled": ssm,
+        **{f"attention, {which} settled{', differential' if diff else ''}": (lambda w=which, df=diff:
+                                                                            attention(w, df))
+           for which in ("kv", "q") for diff in (True, False)},
     }
 
 
@@ -134,3 +184,64 @@ def test_gpu_dependent_chain_in_cuda_graph(monkeypatch, mode):
         assert torch.allclose(out.float(), ref.float(), rtol=2e-2, atol=2e-2 * ref.float().abs().max().item())
         assert (out.float() - ref.float()).norm() / ref.float().norm() < 1e-2
 
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not ON_GPU or torch.cuda.get_device_capability()[0] < 9, reason="needs a GPU with PDL (sm_90+)")
+def test_gpu_settled_reads_in_cuda_graph(monkeypatch):
+    """The kernels that read settled inputs before their wait point, in a decode-like chain captured with late PDL:
+    in_proj → conv update (state settled) → x_proj → state update (x, z, state settled) → query projection →
+    attention (K/V settled) → K/V projection → K/V write → attention (q settled). Each replay on new inputs and a
+    rewritten cache equals the chain run eagerly without PDL from the same states; a kernel that read an unsettled
+    input early would see the previous replay's values."""
+    torch.manual_seed(6)
+    bf = torch.bfloat16
+    c, d, n, r, hd, heads, groups, s_max = 256, 512, 16, 32, 64, 8, 4, 256
+    w_in = (torch.randn(2 * d, c, device=DEV) * 0.05).to(bf)
+    cw, cb = torch.randn(d, 4, device=DEV).to(bf) * 0.5, torch.randn(d, device=DEV).to(bf) * 0.1
+    w_x = (torch.randn(r + 2 * n, d, device=DEV) * 0.05).to(bf)
+    w_dt, dtb = (torch.randn(d, r, device=DEV) * 0.1).to(bf), torch.randn(d, device=DEV).to(bf) * 0.1
+    a_rates, dskip = -torch.rand(d, n, device=DEV) - 0.1, torch.randn(d, device=DEV).to(bf)
+    w_q = (torch.randn(heads * hd, d, device=DEV) * 0.05).to(bf)
+    w_kv = (torch.randn(2 * groups * hd, heads * hd, device=DEV) * 0.05).to(bf)
+    lam, sub_w = torch.tensor(0.3, device=DEV), torch.rand(2 * hd, device=DEV).to(bf) + 0.5
+    x = torch.randn(1, c, device=DEV, dtype=bf)
+    kc, vc = torch.randn(1, groups, s_max, hd, device=DEV, dtype=bf), torch.randn(1, groups, s_max, hd, device=DEV,
+                                                                                 dtype=bf)
+    ring_k, ring_v = kc.clone(), vc.clone()
+    valid = torch.ones(1, s_max, dtype=torch.bool, device=DEV)
+    n_keys, slot = torch.tensor([s_max], device=DEV), torch.tensor([7], device=DEV)
+    attn = dict(scale=hd ** -0.5, lambda_full=lam, lambda_init=0.6, subln_weight=sub_w, eps=1e-5, out_dtype=bf)
+
+    def chain(conv_state, ssm_state, ring_k, ring_v):
+        xz = triton_gemv.gemv(x, w_in)
+        xc = triton_ops.causal_conv1d_update(xz[:, :d], conv_state, cw, cb, out_dtype=bf, settled=True)
+        dbc = triton_gemv.gemv(xc, w_x)
+        y = triton_ops.selective_state_update(ssm_state, xc, dbc[:, :r], a_rates, dbc[:, r:r + n], dbc[:, r + n:],
+                                              D=dskip, z=xz[:, d:], dt_bias=dtb, dt_proj_weight=w_dt, out_dtype=bf,
+                                              settled=True)
+        q = triton_gemv.gemv(y, w_q).view(1, heads, hd)
+        a1 = triton_ops.diff_attention_decode(q, kc, vc, valid, n_keys, settled="kv", **attn)
+        kv = triton_gemv.gemv(a1.reshape(1, heads * hd), w_kv).view(1, 2, groups, hd)
+        triton_ops.kv_write_decode(ring_k, ring_v, kv[:, 0], kv[:, 1], slot)
+        a2 = triton_ops.diff_attention_decode(q, ring_k, ring_v, valid, n_keys, settled="q", **attn)
+        return torch.cat([a1.flatten(), a2.flatten()])
+
+    states = [torch.randn(1, d, 3, device=DEV), torch.randn(1, d, n, device=DEV) * 0.1, ring_k, ring_v]
+    monkeypatch.setenv("SAMBAY_PDL", "late")
+    chain(*[t.clone() for t in states])  # compiles, sizes the split-K workspace and the attention tickets
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = chain(*states)
+    for scale in (1.0, -2.0, 0.5):
+        x.copy_(torch.randn_like(x) * scale)
+        kc.copy_(torch.randn_like(kc) * scale)
+        vc.copy_(torch.randn_like(vc))
+        before = [t.clone() for t in states]
+        graph.replay()
+        torch.cuda.synchronize()
+        monkeypatch.setenv("SAMBAY_PDL", "off")
+        ref = chain(*before)
+        monkeypatch.setenv("SAMBAY_PDL", "late")
+        for got, want in zip([out, *states], [ref, *before], strict=True):
+            assert torch.allclose(got.float(), want.float(), rtol=2e-2, atol=2e-2 * want.float().abs().max().item())

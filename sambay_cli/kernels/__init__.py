@@ -94,7 +94,7 @@ def _pow2(n: int) -> bool:
 
 
 def _triton_attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
-                             out_dtype=torch.float32):
+                             out_dtype=torch.float32, settled=""):
     h, g, d = q.shape[1], k.shape[1], q.shape[2]
     ratio = (h // 2) // (g // 2) if lambda_full is not None else h // g
     if not (_pow2(d) and _pow2(ratio)):
@@ -103,7 +103,7 @@ def _triton_attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_
                                           out_dtype=out_dtype)
     return _triton_module().diff_attention_decode(q, k, v, valid, n_keys_t, scale=scale, lambda_full=lambda_full,
                                                   lambda_init=lambda_init, subln_weight=subln_weight, eps=eps,
-                                                  out_dtype=out_dtype)
+                                                  out_dtype=out_dtype, settled=settled)
 
 
 def _triton_attention_prefill(q, k, v, k_valid, q_start, k_start, window, *, ring=None, scale, lambda_full,
@@ -121,10 +121,10 @@ def _triton_selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, d
 
 
 def _triton_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
-                         out_dtype=torch.float32):
+                         out_dtype=torch.float32, settled=False):
     return _triton_module().selective_state_update(state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias,
                                                    dt_softplus=dt_softplus, dt_proj_weight=dt_proj_weight,
-                                                   out_dtype=out_dtype)
+                                                   out_dtype=out_dtype, settled=settled)
 
 
 def _triton_conv(x, weight, bias, conv_state=None, valid=None, out_dtype=torch.float32):
@@ -133,10 +133,10 @@ def _triton_conv(x, weight, bias, conv_state=None, valid=None, out_dtype=torch.f
     return _triton_module().causal_conv1d(x, weight, bias, conv_state, valid, out_dtype)
 
 
-def _triton_conv_update(x, conv_state, weight, bias, out_dtype=torch.float32):
+def _triton_conv_update(x, conv_state, weight, bias, out_dtype=torch.float32, settled=False):
     if weight.shape[-1] < 2:
         return reference.causal_conv1d_update(x, conv_state, weight, bias, out_dtype)
-    return _triton_module().causal_conv1d_update(x, conv_state, weight, bias, out_dtype)
+    return _triton_module().causal_conv1d_update(x, conv_state, weight, bias, out_dtype, settled=settled)
 
 
 def _triton_swiglu(gate, up):
@@ -255,8 +255,10 @@ def causal_conv1d(x, weight, bias, conv_state=None, valid=None, out_dtype=torch.
     return resolve("causal_conv1d", x).fn(x, weight, bias, conv_state, valid, out_dtype)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
-    return resolve("causal_conv1d_update", x).fn(x, conv_state, weight, bias, out_dtype)
+def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32, settled=False):
+    """``settled``: ``conv_state`` was written before the kernel launched just before this call (a scheduling hint
+    for the Triton kernel's PDL wait point; the torch reference ignores it)."""
+    return resolve("causal_conv1d_update", x).fn(x, conv_state, weight, bias, out_dtype, settled=settled)
 
 
 def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, initial_state=None,
@@ -268,10 +270,12 @@ def selective_scan(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_sof
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
-                           out_dtype=torch.float32):
+                           out_dtype=torch.float32, settled=False):
+    """``settled``: ``x``, ``z`` and ``state`` were written before the kernel launched just before this call (a
+    scheduling hint for the Triton kernel's PDL wait point; the torch reference ignores it)."""
     return resolve("selective_state_update", x).fn(
         state, x, dt, A, B, C, D=D, z=z, dt_bias=dt_bias, dt_softplus=dt_softplus, dt_proj_weight=dt_proj_weight,
-        out_dtype=out_dtype,
+        out_dtype=out_dtype, settled=settled,
     )
 
 
@@ -284,10 +288,12 @@ def attention_prefill(q, k, v, k_valid, q_start, k_start, window, *, ring=None, 
 
 
 def attention_decode(q, k, v, valid, n_keys_t, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
-                     out_dtype=torch.float32):
+                     out_dtype=torch.float32, settled=""):
+    """``settled`` ("kv" / "q" / ""): which operands were written before the kernel launched just before this call
+    (see triton_ops.diff_attention_decode); a scheduling hint the torch reference ignores."""
     return resolve("attention_decode", q).fn(
         q, k, v, valid, n_keys_t, n_keys, scale=scale, lambda_full=lambda_full, lambda_init=lambda_init,
-        subln_weight=subln_weight, eps=eps, out_dtype=out_dtype,
+        subln_weight=subln_weight, eps=eps, out_dtype=out_dtype, settled=settled,
     )
 
 

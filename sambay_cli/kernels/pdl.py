@@ -17,7 +17,8 @@ Each kernel here takes a ``PDL`` constexpr, one of:
   instructions — what the Triton interpreter runs, so the CPU tests cover that structure.
 
 The rule every kernel follows: before :func:`pdl_wait` it writes nothing and reads only constants of the model
-(weights, scales); after it, anything. A kernel launched with the attribute must call :func:`pdl_wait` before its
+(weights, scales) — or, in the late mode, what its caller declares *settled*: written before the kernel launched
+just before it (:func:`reads_settled`); after it, anything. A kernel launched with the attribute must call :func:`pdl_wait` before its
 first dependent access. ``SAMBAY_PDL=off|late|early`` picks the mode (default: :data:`DEFAULT_MODE`).
 """
 
@@ -68,6 +69,16 @@ def pdl_mode(t: torch.Tensor) -> int:
     if idx not in _CAPABLE:
         _CAPABLE[idx] = torch.cuda.get_device_capability(idx)[0] >= 9
     return mode if _CAPABLE[idx] else PDL_OFF
+
+
+def reads_settled(mode: int) -> bool:
+    """Whether a kernel compiled for ``mode`` may read, before its wait point, tensors written by kernels earlier than
+    the one just before it. Under PDL_LATE every kernel waits for its predecessor before it lets its own successor
+    start, so when a kernel starts, every kernel but the last one before it has finished and its writes are visible
+    (a kernel launched without the attribute starts only once the one before it has ended, which keeps the
+    guarantee). PDL_EARLY lets kernels queue several deep, so there nothing but constants is safe. PDL_EMULATE keeps
+    the structure for the interpreter's tests."""
+    return mode in (PDL_LATE, PDL_EMULATE)
 
 
 def launch_options(mode: int) -> dict:

@@ -46,10 +46,10 @@ def causal_conv1d(
 
 def causal_conv1d_update(
     x: torch.Tensor, conv_state: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-    out_dtype: torch.dtype = torch.float32,
+    out_dtype: torch.dtype = torch.float32, settled: bool = False,
 ) -> torch.Tensor:
     """One decode step of :func:`causal_conv1d`. x: [B, D]; conv_state [B, D, K-1] is updated in place. Returns
-    silu(conv) [B, D] in ``out_dtype``."""
+    silu(conv) [B, D] in ``out_dtype``. ``settled`` is a scheduling hint for the Triton kernel (ignored here)."""
     k = weight.shape[-1]
     window = torch.cat([conv_state.float(), x.float().unsqueeze(-1)], dim=-1)  # [B, D, K]
     y = (window * weight.float().unsqueeze(0)).sum(-1)
@@ -128,11 +128,13 @@ def selective_state_update(
     dt_softplus: bool = True,
     dt_proj_weight: torch.Tensor | None = None,
     out_dtype: torch.dtype = torch.float32,
+    settled: bool = False,
 ) -> torch.Tensor:
     """One decode step of :func:`selective_scan`. state [B, D, N] float32 is updated in place.
 
     x, dt, z: [B, D]; B, C: [B, N]. With ``dt_proj_weight`` [D, R], ``dt`` is the low-rank [B, R] input and
     Δ = dt · W_dtᵀ (Mamba's dt_proj without its bias, which is ``dt_bias``). Returns y [B, D] in ``out_dtype``.
+    ``settled`` is a scheduling hint for the Triton kernel (ignored here).
     """
     if dt_proj_weight is not None:
         dt = F.linear(dt, dt_proj_weight)
@@ -321,10 +323,11 @@ def attention_decode(
     subln_weight: torch.Tensor | None,
     eps: float,
     out_dtype: torch.dtype = torch.float32,
+    settled: str = "",
 ) -> torch.Tensor:
     """Decode-time attention of one query per row over a cache: q [B, H, d]; k, v [B, G, S_max, d]; only the first
     ``n_keys`` positions (also given as the device tensor ``n_keys_t``) are read, masked by ``valid`` [B, S_max].
-    Returns [B, H, d] in ``out_dtype``."""
+    Returns [B, H, d] in ``out_dtype``. ``settled`` is a scheduling hint for the Triton kernel (ignored here)."""
     mask = valid[:, None, :n_keys]
     out = differential_attention(q.unsqueeze(2), k[:, :, :n_keys], v[:, :, :n_keys], mask, scale=scale,
                                  lambda_full=lambda_full, lambda_init=lambda_init, subln_weight=subln_weight, eps=eps)

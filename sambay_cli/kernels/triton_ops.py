@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .pdl import launch_options, pdl_mode, pdl_wait
+from .pdl import launch_options, pdl_mode, pdl_wait, reads_settled
 from .triton_gemv import splitk_workspace
 
 # ------------------------------------------------------------------------------------------------ Mamba decode
@@ -35,30 +35,58 @@ from .triton_gemv import splitk_workspace
 
 @triton.jit
 def _conv_update_kernel(x_ptr, state_ptr, w_ptr, b_ptr, y_ptr, D, stride_xb, stride_sb, stride_sd, stride_yb,
-                        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = 0):
-    pdl_wait(PDL)
+                        K: tl.constexpr, HAS_BIAS: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr = 0,
+                        SETTLED: tl.constexpr = False):
+    """SETTLED (K = 4, and only where :func:`.pdl.reads_settled`): the state was written before the kernel just
+    before this one, so the taps, the bias and the three state columns are read before the wait point and only x
+    after it; the arithmetic is the same, in the same order."""
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     offs = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     m = offs < D
-    x = tl.load(x_ptr + pid_b * stride_xb + offs, mask=m, other=0.0).to(tl.float32)
-    acc = x * tl.load(w_ptr + offs * K + (K - 1), mask=m, other=0.0).to(tl.float32)
     srow = state_ptr + pid_b * stride_sb + offs * stride_sd
-    for k in tl.static_range(K - 1):
-        s = tl.load(srow + k, mask=m, other=0.0)
-        acc += s * tl.load(w_ptr + offs * K + k, mask=m, other=0.0).to(tl.float32)
-    # shift the state left by one and append x
-    for k in tl.static_range(K - 2):
-        nxt = tl.load(srow + k + 1, mask=m, other=0.0)
-        tl.store(srow + k, nxt, mask=m)
-    tl.store(srow + (K - 2), x, mask=m)
-    if HAS_BIAS:
-        acc += tl.load(b_ptr + offs, mask=m, other=0.0).to(tl.float32)
+    if SETTLED:
+        s0 = tl.load(srow, mask=m, other=0.0)
+        s1 = tl.load(srow + 1, mask=m, other=0.0)
+        s2 = tl.load(srow + 2, mask=m, other=0.0)
+        w0 = tl.load(w_ptr + offs * 4, mask=m, other=0.0).to(tl.float32)
+        w1 = tl.load(w_ptr + offs * 4 + 1, mask=m, other=0.0).to(tl.float32)
+        w2 = tl.load(w_ptr + offs * 4 + 2, mask=m, other=0.0).to(tl.float32)
+        w3 = tl.load(w_ptr + offs * 4 + 3, mask=m, other=0.0).to(tl.float32)
+        if HAS_BIAS:
+            bias = tl.load(b_ptr + offs, mask=m, other=0.0).to(tl.float32)
+        pdl_wait(PDL)
+        x = tl.load(x_ptr + pid_b * stride_xb + offs, mask=m, other=0.0).to(tl.float32)
+        acc = x * w3
+        acc += s0 * w0
+        acc += s1 * w1
+        acc += s2 * w2
+        tl.store(srow, s1, mask=m)
+        tl.store(srow + 1, s2, mask=m)
+        tl.store(srow + 2, x, mask=m)
+        if HAS_BIAS:
+            acc += bias
+    else:
+        pdl_wait(PDL)
+        x = tl.load(x_ptr + pid_b * stride_xb + offs, mask=m, other=0.0).to(tl.float32)
+        acc = x * tl.load(w_ptr + offs * K + (K - 1), mask=m, other=0.0).to(tl.float32)
+        for k in tl.static_range(K - 1):
+            s = tl.load(srow + k, mask=m, other=0.0)
+            acc += s * tl.load(w_ptr + offs * K + k, mask=m, other=0.0).to(tl.float32)
+        # shift the state left by one and append x
+        for k in tl.static_range(K - 2):
+            nxt = tl.load(srow + k + 1, mask=m, other=0.0)
+            tl.store(srow + k, nxt, mask=m)
+        tl.store(srow + (K - 2), x, mask=m)
+        if HAS_BIAS:
+            acc += tl.load(b_ptr + offs, mask=m, other=0.0).to(tl.float32)
     y = acc / (1.0 + tl.exp(-acc))
     tl.store(y_ptr + pid_b * stride_yb + offs, y.to(y_ptr.dtype.element_ty), mask=m)
 
 
-def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
-    """Triton version of reference.causal_conv1d_update (x [B, D]; conv_state [B, D, K-1] float32, in place)."""
+def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32, settled=False):
+    """Triton version of reference.causal_conv1d_update (x [B, D]; conv_state [B, D, K-1] float32, in place).
+    ``settled``: the state was written before the kernel launched just before this call (under late PDL it is then
+    read before the wait point; width-4 convolutions)."""
     bsz, dim = x.shape
     k = weight.shape[-1]
     assert k >= 2 and conv_state.dtype == torch.float32 and conv_state.stride(-1) == 1
@@ -70,7 +98,8 @@ def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32):
     pdl = pdl_mode(x)
     _conv_update_kernel[grid](x, conv_state, weight, bias if bias is not None else weight, y, dim, x.stride(0),
                               conv_state.stride(0), conv_state.stride(1), y.stride(0), K=k,
-                              HAS_BIAS=bias is not None, BLOCK_D=block, PDL=pdl, **launch_options(pdl))
+                              HAS_BIAS=bias is not None, BLOCK_D=block, PDL=pdl,
+                              SETTLED=settled and k == 4 and reads_settled(pdl), **launch_options(pdl))
     return y
 
 
@@ -154,8 +183,10 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
                        stride_sb, stride_sd, stride_xb, stride_dtb, stride_wdt, stride_bb, stride_cb, stride_zb,
                        stride_yb, N: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr, HAS_DTB: tl.constexpr,
                        SOFTPLUS: tl.constexpr, DT_PROJ: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_D: tl.constexpr,
-                       PDL: tl.constexpr = 0, CONSTANTS_FIRST: tl.constexpr = False):
-    """CONSTANTS_FIRST (with PDL): A, D, the Δ bias and W_dt — parameters — are read before the wait point."""
+                       PDL: tl.constexpr = 0, CONSTANTS_FIRST: tl.constexpr = False, SETTLED: tl.constexpr = False):
+    """CONSTANTS_FIRST (with PDL): A, D, the Δ bias and W_dt — parameters — are read before the wait point.
+    SETTLED (with CONSTANTS_FIRST, only where :func:`.pdl.reads_settled`): so are x, z and the state, written before
+    the kernel just before this one (x_proj, whose Δ / B / C are read after the wait point)."""
     if not CONSTANTS_FIRST:
         pdl_wait(PDL)
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
@@ -172,9 +203,16 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
         dt_bias = tl.load(dtb_ptr + offs_d, mask=md, other=0.0)
     if HAS_D:
         d_skip = tl.load(d_ptr + offs_d, mask=md, other=0.0)
+    sp = state_ptr + pid_b * stride_sb + offs_d[:, None] * stride_sd + offs_n[None, :]
+    if SETTLED:
+        s = tl.load(sp, mask=m2, other=0.0)
+        x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+        if HAS_Z:
+            z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
     if CONSTANTS_FIRST:
         pdl_wait(PDL)
-    x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+    if not SETTLED:
+        x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
     if DT_PROJ:  # Δ = W_dt · δ from the low-rank δ (x_proj's first R outputs), in float32
         low = tl.load(dt_ptr + pid_b * stride_dtb + offs_r, mask=mr, other=0.0).to(tl.float32)
         dt = tl.sum(w.to(tl.float32) * low[None, :], axis=1)
@@ -187,25 +225,28 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
     a = a.to(tl.float32)
     bvec = tl.load(b_ptr + pid_b * stride_bb + offs_n).to(tl.float32)
     cvec = tl.load(c_ptr + pid_b * stride_cb + offs_n).to(tl.float32)
-    sp = state_ptr + pid_b * stride_sb + offs_d[:, None] * stride_sd + offs_n[None, :]
-    s = tl.load(sp, mask=m2, other=0.0)
+    if not SETTLED:
+        s = tl.load(sp, mask=m2, other=0.0)
     s = tl.exp(dt[:, None] * a) * s + (dt * x)[:, None] * bvec[None, :]
     tl.store(sp, s, mask=m2)
     y = tl.sum(s * cvec[None, :], axis=1)
     if HAS_D:
         y += d_skip.to(tl.float32) * x
     if HAS_Z:
-        z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
+        if not SETTLED:
+            z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
         y = y * (z / (1.0 + tl.exp(-z)))
     tl.store(y_ptr + pid_b * stride_yb + offs_d, y.to(y_ptr.dtype.element_ty), mask=md)
 
 
 def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, dt_softplus=True, dt_proj_weight=None,
-                           out_dtype=torch.float32):
+                           out_dtype=torch.float32, settled=False):
     """Triton version of reference.selective_state_update (state [B, D, N] float32, updated in place). With
     ``dt_proj_weight`` [D, R], ``dt`` is the low-rank [B, R] input and Δ = dt · W_dtᵀ is formed in the kernel.
     Under PDL ``A`` (when already float32 and contiguous), ``D``, ``dt_bias`` and ``dt_proj_weight`` are read before
-    the kernels before this one end: they must be parameters (or, for A, made before the step)."""
+    the kernels before this one end: they must be parameters (or, for A, made before the step). ``settled``: ``x``,
+    ``z`` and ``state`` were written before the kernel launched just before this call (under late PDL they are then
+    read before the wait point too)."""
     bsz, dim = x.shape
     n = A.shape[-1]
     assert state.dtype == torch.float32 and state.stride(-1) == 1 and n == triton.next_power_of_2(n)
@@ -228,7 +269,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         z.stride(0) if z is not None else 0, y.stride(0),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=dt_softplus,
         DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block, PDL=pdl,
-        CONSTANTS_FIRST=a_ready and pdl != 0, **launch_options(pdl),
+        CONSTANTS_FIRST=a_ready and pdl != 0, SETTLED=settled and a_ready and reads_settled(pdl),
+        **launch_options(pdl),
     )
     return y
 
@@ -431,7 +473,7 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
                          BLOCK_S: tl.constexpr, MP: tl.constexpr, IEEE: tl.constexpr,
                          cnt_ptr=None, lam_ptr=None, w_ptr=None, out_ptr=None, stride_outb=0, stride_outh=0,
                          lambda_init=0.0, eps=0.0, FUSED: tl.constexpr = False, NSPLIT: tl.constexpr = 1,
-                         PDL: tl.constexpr = 0):
+                         PDL: tl.constexpr = 0, SETTLED: tl.constexpr = 0):
     """One (batch, KV group, split) program, on tensor cores.
 
     A KV group is a KV-head pair (2g, 2g+1) for differential attention, or one KV head g. Its keys are read as one
@@ -445,8 +487,14 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
     replays at any length), rounded to BLOCK_S. Writes un-normalised partial outputs with their running max and sum.
     FUSED: then takes a ticket for its (batch, group); the last of the NSPLIT programs to finish merges the partials
     (``_combine_group``) and resets the counter — one kernel per layer instead of two.
+
+    SETTLED (non-zero only where :func:`.pdl.reads_settled`): the filled lengths, the valid flags and either the keys
+    and values (SETTLED_KV: cross-attention, whose shared KV an earlier layer wrote) or the queries (SETTLED_Q: the
+    layer's K/V write ran in between) were written before the kernel just before this one; the program reads them
+    and its first key block before the wait point, so only the other operand's round trip is left after it.
     """
-    pdl_wait(PDL)
+    if SETTLED == 0:
+        pdl_wait(PDL)
     pid_b = tl.program_id(0).to(tl.int64)  # large caches: batch offsets overflow int32
     g = tl.program_id(1)
     sp = tl.program_id(2)
@@ -470,34 +518,42 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
         qhead = g * R + offs_m
         q_ok = row_ok[:, None] & (col_head[None, :] == 0)
         kv_head = g + col_head
-    q = tl.load(q_ptr + pid_b * stride_qb + qhead[:, None] * stride_qh + col_d[None, :], mask=q_ok, other=0.0)
-    q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
+    q_ptrs = q_ptr + pid_b * stride_qb + qhead[:, None] * stride_qh + col_d[None, :]
     k_base = k_ptr + pid_b * stride_kb + kv_head[None, :] * stride_kh + col_d[None, :]
     v_base = v_ptr + pid_b * stride_vb + kv_head[None, :] * stride_vh + col_d[None, :]
+    valid_row = valid_ptr + pid_b * stride_valb
     m = tl.full((MP,), float("-inf"), tl.float32)
     lsum = tl.zeros((MP,), tl.float32)
     acc = tl.zeros((MP, W), tl.float32)
-    for s0 in range(s_begin, s_end, BLOCK_S):
+    first = s_begin
+    if SETTLED != 0:  # the first key block (masked out entirely for a split without keys) around the wait point
+        offs_s = s_begin + tl.arange(0, BLOCK_S)
+        ms = offs_s < s_end
+        ok = ms & (tl.load(valid_row + offs_s, mask=ms, other=0) != 0)
+        if SETTLED == 1:  # SETTLED_KV
+            k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
+            v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+        else:
+            q = tl.load(q_ptrs, mask=q_ok, other=0.0)
+        pdl_wait(PDL)
+        if SETTLED == 1:
+            q = tl.load(q_ptrs, mask=q_ok, other=0.0)
+        else:
+            k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
+            v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+        q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
+        m, lsum, acc = _attn_decode_block(q, k.to(q.dtype), v.to(q.dtype), ok, m, lsum, acc, IEEE)
+        first += BLOCK_S
+    else:
+        q = tl.load(q_ptrs, mask=q_ok, other=0.0)
+        q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)
+    for s0 in range(first, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         ms = offs_s < s_end
-        ok = ms & (tl.load(valid_ptr + pid_b * stride_valb + offs_s, mask=ms, other=0) != 0)
+        ok = ms & (tl.load(valid_row + offs_s, mask=ms, other=0) != 0)
         k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0).to(q_ptr.dtype.element_ty)
         v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0).to(q_ptr.dtype.element_ty)
-        if IEEE:
-            sc = tl.dot(q, tl.trans(k), input_precision="ieee")
-        else:
-            sc = tl.dot(q, tl.trans(k))
-        sc = tl.where(ok[None, :], sc, float("-inf"))
-        n = tl.maximum(m, tl.max(sc, axis=1))
-        ns = tl.where(n == float("-inf"), 0.0, n)
-        p = tl.exp(sc - ns[:, None])
-        c = tl.exp(m - ns)
-        lsum = lsum * c + tl.sum(p, axis=1)
-        if IEEE:
-            acc = acc * c[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-        else:
-            acc = acc * c[:, None] + tl.dot(p.to(v.dtype), v)
-        m = n
+        m, lsum, acc = _attn_decode_block(q, k, v, ok, m, lsum, acc, IEEE)
     # row i of the tile is partial row g·NR + i (DIFF: stream 1 rows, then stream 2 rows; each row [A(v1) | A(v2)])
     rows = g * NR + offs_m
     o_base = o_ptr + pid_b * stride_ob + sp * stride_os
@@ -512,6 +568,27 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
             _combine_group(pid_b, g, tl.cdiv(n_keys, per_split), o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                            stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh, lambda_init,
                            eps, R, HD, DIFF, NSPLIT, W, ".cg")
+
+
+@triton.jit
+def _attn_decode_block(q, k, v, ok, m, lsum, acc, IEEE: tl.constexpr):
+    """One key block of the online softmax: scores of the [MP, W] query tile against k [BLOCK_S, W] (``ok``: the
+    keys that count), the running max / sum / output rescaled, P·v added."""
+    if IEEE:
+        sc = tl.dot(q, tl.trans(k), input_precision="ieee")
+    else:
+        sc = tl.dot(q, tl.trans(k))
+    sc = tl.where(ok[None, :], sc, float("-inf"))
+    n = tl.maximum(m, tl.max(sc, axis=1))
+    ns = tl.where(n == float("-inf"), 0.0, n)
+    p = tl.exp(sc - ns[:, None])
+    c = tl.exp(m - ns)
+    lsum = lsum * c + tl.sum(p, axis=1)
+    if IEEE:
+        acc = acc * c[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
+    else:
+        acc = acc * c[:, None] + tl.dot(p.to(v.dtype), v)
+    return n, lsum, acc
 
 
 @triton.jit
@@ -618,6 +695,8 @@ def _sm_count(device: torch.device) -> int:
 _SM_COUNTS: dict[int, int] = {}
 
 
+SETTLED_KV, SETTLED_Q = 1, 2  # which operands of decode attention may be read before the PDL wait point
+_SETTLED = {"": 0, "kv": SETTLED_KV, "q": SETTLED_Q}
 ATTN_DECODE_MAX_SPLITS = 32  # merging more partials in one program cost more than the extra programs gained (H100)
 
 
@@ -656,7 +735,7 @@ def attention_decode_launch(programs: int, s_max: int, sm_count: int, kv_bytes: 
 
 def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_init, subln_weight, eps,
                           out_dtype=torch.float32, splits: int | None = None, block_s: int | None = None,
-                          num_warps: int | None = None, num_stages: int | None = None):
+                          num_warps: int | None = None, num_stages: int | None = None, settled: str = ""):
     """Decode attention for one query per sequence.
 
     q: [B, H, d]; k, v: [B, G, S_max, d] (a cache; only the first ``n_keys`` positions are read); valid: [B, S_max]
@@ -665,6 +744,9 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     as None come from :func:`attention_decode_launch`. Dots run in q's dtype (IEEE precision for
     float32); a cache in another dtype (fp8 shared KV) is widened on load.
     Returns [B, H, d] in ``out_dtype`` — for differential attention already normalised and scaled, heads in order.
+    ``settled``: "kv" when ``k``, ``v``, ``valid`` and ``n_keys`` were all written before the kernel launched just
+    before this call, "q" when ``q``, ``valid`` and ``n_keys`` were; under late PDL those are then read (with the
+    first key block) before the kernel's wait point (:func:`.pdl.reads_settled`).
     """
     bsz, h, d = q.shape
     g = k.shape[1]
@@ -700,6 +782,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     fused = ws is not None
     counters = ws[1] if fused else None
     pdl = pdl_mode(q)
+    settled_code = _SETTLED[settled] if reads_settled(pdl) else 0
     _attn_decode_partial[(bsz, groups, splits)](
         q, k, v, valid, n_keys, o, m, lsum,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
@@ -707,7 +790,8 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
         scale, splits, R=r, HD=d, DIFF=diff, BLOCK_S=block_s, MP=max(16, triton.next_power_of_2(n_rows)),
         IEEE=q.dtype == torch.float32, cnt_ptr=counters if fused else m, lam_ptr=lam, w_ptr=w, out_ptr=out,
         stride_outb=out.stride(0), stride_outh=out.stride(1), lambda_init=float(lambda_init), eps=float(eps),
-        FUSED=fused, NSPLIT=splits, PDL=pdl, num_warps=num_warps, num_stages=num_stages, **launch_options(pdl),
+        FUSED=fused, NSPLIT=splits, PDL=pdl, SETTLED=settled_code, num_warps=num_warps, num_stages=num_stages,
+        **launch_options(pdl),
     )
     if not fused:
         _attn_decode_combine[(bsz, groups)](

@@ -152,7 +152,10 @@ class Mamba(nn.Module):
         ssm_state = cache.ssm_states[self.layer_idx]
         A = self._decay_rates()
         if decode:  # one token per row, state updated in place
-            xc = kernels.causal_conv1d_update(xs[:, 0], conv_state, conv_w, self.conv1d.bias, dtype)  # [B, d_inner]
+            # the states were last written in the previous step, x and z by in_proj before the conv: only the kernel
+            # just before each of these two wrote what it must wait for (in_proj's x, x_proj's Δ / B / C)
+            xc = kernels.causal_conv1d_update(xs[:, 0], conv_state, conv_w, self.conv1d.bias, dtype,
+                                              settled=True)  # [B, d_inner]
             dt_low, b, c = torch.split(self.x_proj(xc), [self.dt_rank, self.d_state, self.d_state], dim=-1)
             if is_plain_linear(self.dt_proj):  # Δ = W_dt·δ inside the state update (bias added there, in fp32)
                 dt, w_dt = dt_low, self.dt_proj.weight
@@ -160,7 +163,7 @@ class Mamba(nn.Module):
                 dt, w_dt = F.linear(dt_low, self.dt_proj.weight), None
             y = kernels.selective_state_update(
                 ssm_state, xc, dt, A, b, c, D=self.D, z=None if self.is_memory else z[:, 0],
-                dt_bias=self.dt_proj.bias, dt_softplus=True, dt_proj_weight=w_dt, out_dtype=dtype,
+                dt_bias=self.dt_proj.bias, dt_softplus=True, dt_proj_weight=w_dt, out_dtype=dtype, settled=True,
             ).unsqueeze(1)  # [B, 1, d_inner]
         else:
             # conv + SiLU over the chunk, channels last; padded positions (chunk_valid False) contribute nothing
@@ -296,6 +299,8 @@ class Attention(nn.Module):
             lambda_init=self.lambda_init,
             subln_weight=da.subln.weight if da is not None else None,
             eps=da.subln.eps if da is not None else 1e-5, out_dtype=dtype,
+            # what the kernel just before (the query projection, or this layer's K/V write) did not write
+            settled="kv" if self.kind == CROSS_ATTENTION else "q",
         )  # [B, H, d]
         return self.out_proj(out.reshape(bsz, 1, q_size))
 
