@@ -124,7 +124,9 @@ def _settled_kernels():
 
 def test_pdl_structure_gives_the_same_results(monkeypatch):
     """Each kernel with its constants read before the wait point (PDL on; the interpreter's PDL_EMULATE on CPU)
-    returns exactly what the plain kernel returns, split-K programs without steps included."""
+    returns exactly what the plain kernel returns, split-K programs without steps included. The settled-input forms
+    are taken here at two rows (the default is batch 1 only)."""
+    monkeypatch.setattr(triton_ops, "SETTLED_MAX_ROWS", 2)
     calls = _decode_kernels()
     monkeypatch.setenv("SAMBAY_PDL", "off")
     plain = {name: call() for name, call in calls.items()}

@@ -304,7 +304,8 @@ def test_attention_prefill_bf16_official_shape(window):
 
 def test_attention_kernels_read_an_fp8_shared_kv():
     """An fp8 (e4m3) cache is widened on load: decode and prefill attention over fp8 K/V equal the reference over
-    the same fp8 values (float32 queries, IEEE dots)."""
+    the same fp8 values (float32 queries, IEEE dots) — also one row at a time with the keys/values or the queries
+    settled (read with the first key block before the PDL wait point, where the PDL mode allows it)."""
     torch.manual_seed(9)
     b, h, g, d, s_max = 2, 8, 4, 16, 40
     k8 = torch.randn(b, g, s_max, d, device=DEV).to(torch.float8_e4m3fn)
@@ -318,6 +319,10 @@ def test_attention_kernels_read_an_fp8_shared_kv():
     for i, ni in enumerate(n.tolist()):
         ref = reference.attention_decode(q[i:i + 1], k8[i:i + 1], v8[i:i + 1], valid[i:i + 1], n[i:i + 1], ni, **kw)
         _close(out[i:i + 1], ref)
+        for settled in ("kv", "q"):
+            row = ops.diff_attention_decode(q[i:i + 1], k8[i:i + 1], v8[i:i + 1], valid[i:i + 1], n[i:i + 1],
+                                            splits=2, block_s=16, settled=settled, **kw)
+            _close(row, ref)
     qp = torch.randn(b, h, 7, d, device=DEV)
     out = ops.attention_prefill(qp, k8, v8, valid, s_max - 7, 0, None, block_m=16, block_n=16, **kw)
     _close(out, reference.attention_prefill(qp, k8.float(), v8.float(), valid, s_max - 7, 0, None, **kw))

@@ -99,7 +99,8 @@ def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32, s
     _conv_update_kernel[grid](x, conv_state, weight, bias if bias is not None else weight, y, dim, x.stride(0),
                               conv_state.stride(0), conv_state.stride(1), y.stride(0), K=k,
                               HAS_BIAS=bias is not None, BLOCK_D=block, PDL=pdl,
-                              SETTLED=settled and k == 4 and reads_settled(pdl), **launch_options(pdl))
+                              SETTLED=settled and k == 4 and bsz <= SETTLED_MAX_ROWS and reads_settled(pdl),
+                              **launch_options(pdl))
     return y
 
 
@@ -269,7 +270,8 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         z.stride(0) if z is not None else 0, y.stride(0),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=dt_softplus,
         DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block, PDL=pdl,
-        CONSTANTS_FIRST=a_ready and pdl != 0, SETTLED=settled and a_ready and reads_settled(pdl),
+        CONSTANTS_FIRST=a_ready and pdl != 0, SETTLED=settled and a_ready and bsz <= SETTLED_MAX_ROWS
+        and reads_settled(pdl),
         **launch_options(pdl),
     )
     return y
@@ -531,18 +533,18 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
         ms = offs_s < s_end
         ok = ms & (tl.load(valid_row + offs_s, mask=ms, other=0) != 0)
         if SETTLED == 1:  # SETTLED_KV
-            k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
-            v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+            k_first = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
+            v_first = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
         else:
             q = tl.load(q_ptrs, mask=q_ok, other=0.0)
         pdl_wait(PDL)
         if SETTLED == 1:
             q = tl.load(q_ptrs, mask=q_ok, other=0.0)
         else:
-            k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
-            v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+            k_first = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
+            v_first = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
         q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
-        m, lsum, acc = _attn_decode_block(q, k.to(q.dtype), v.to(q.dtype), ok, m, lsum, acc, IEEE)
+        m, lsum, acc = _attn_decode_block(q, k_first.to(q.dtype), v_first.to(q.dtype), ok, m, lsum, acc, IEEE)
         first += BLOCK_S
     else:
         q = tl.load(q_ptrs, mask=q_ok, other=0.0)
@@ -696,6 +698,10 @@ _SM_COUNTS: dict[int, int] = {}
 
 
 SETTLED_KV, SETTLED_Q = 1, 2  # which operands of decode attention may be read before the PDL wait point
+# Settled inputs are read before the wait point for batch-1 decode only, where the kernels around these are PDL GEMVs
+# (H100, 3.8B shape, 2K: int4 607 -> 622 tok/s, int8 463 -> 469). From 16 sequences the linears are GEMMs launched
+# without PDL, so nothing overlaps, and the split-off first key block compiled slower: batch 16 lost 2.5-3 %.
+SETTLED_MAX_ROWS = 1
 _SETTLED = {"": 0, "kv": SETTLED_KV, "q": SETTLED_Q}
 ATTN_DECODE_MAX_SPLITS = 32  # merging more partials in one program cost more than the extra programs gained (H100)
 
@@ -782,7 +788,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     fused = ws is not None
     counters = ws[1] if fused else None
     pdl = pdl_mode(q)
-    settled_code = _SETTLED[settled] if reads_settled(pdl) else 0
+    settled_code = _SETTLED[settled] if reads_settled(pdl) and bsz <= SETTLED_MAX_ROWS else 0
     _attn_decode_partial[(bsz, groups, splits)](
         q, k, v, valid, n_keys, o, m, lsum,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
