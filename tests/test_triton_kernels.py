@@ -304,8 +304,8 @@ def test_attention_prefill_bf16_official_shape(window):
 
 def test_attention_kernels_read_an_fp8_shared_kv():
     """An fp8 (e4m3) cache is widened on load: decode and prefill attention over fp8 K/V equal the reference over
-    the same fp8 values (float32 queries, IEEE dots) — also one row at a time with the keys/values or the queries
-    settled (read with the first key block before the PDL wait point, where the PDL mode allows it)."""
+    the same fp8 values (float32 queries, IEEE dots) — also one row at a time with a ``settled`` hint, which a
+    widened cache answers with the plain kernel form."""
     torch.manual_seed(9)
     b, h, g, d, s_max = 2, 8, 4, 16, 40
     k8 = torch.randn(b, g, s_max, d, device=DEV).to(torch.float8_e4m3fn)

@@ -752,7 +752,8 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     Returns [B, H, d] in ``out_dtype`` — for differential attention already normalised and scaled, heads in order.
     ``settled``: "kv" when ``k``, ``v``, ``valid`` and ``n_keys`` were all written before the kernel launched just
     before this call, "q" when ``q``, ``valid`` and ``n_keys`` were; under late PDL those are then read (with the
-    first key block) before the kernel's wait point (:func:`.pdl.reads_settled`).
+    first key block) before the kernel's wait point (:func:`.pdl.reads_settled`) — for one sequence and a cache in
+    q's dtype (SETTLED_MAX_ROWS; an fp8 cache keeps the plain form).
     """
     bsz, h, d = q.shape
     g = k.shape[1]
@@ -788,7 +789,9 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     fused = ws is not None
     counters = ws[1] if fused else None
     pdl = pdl_mode(q)
-    settled_code = _SETTLED[settled] if reads_settled(pdl) and bsz <= SETTLED_MAX_ROWS else 0
+    # a cache widened on load (fp8 shared KV) keeps the plain form: with the first block split off it lost 5 % at 32K
+    settled_code = (_SETTLED[settled] if reads_settled(pdl) and bsz <= SETTLED_MAX_ROWS and k.dtype == q.dtype
+                    else 0)
     _attn_decode_partial[(bsz, groups, splits)](
         q, k, v, valid, n_keys, o, m, lsum,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
