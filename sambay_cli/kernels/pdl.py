@@ -18,8 +18,9 @@ Each kernel here takes a ``PDL`` constexpr, one of:
 
 The rule every kernel follows: before :func:`pdl_wait` it writes nothing and reads only constants of the model
 (weights, scales) — or, in the late mode, what its caller declares *settled*: written before the kernel launched
-just before it (:func:`reads_settled`); after it, anything. A kernel launched with the attribute must call :func:`pdl_wait` before its
-first dependent access. ``SAMBAY_PDL=off|late|early`` picks the mode (default: :data:`DEFAULT_MODE`).
+just before it (:func:`reads_settled`); after it, anything. A kernel launched with the attribute must call
+:func:`pdl_wait` before its first dependent access. ``SAMBAY_PDL=off|late|early`` picks the mode (default:
+:data:`DEFAULT_MODE`).
 """
 
 from __future__ import annotations
