@@ -204,16 +204,15 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
         dt_bias = tl.load(dtb_ptr + offs_d, mask=md, other=0.0)
     if HAS_D:
         d_skip = tl.load(d_ptr + offs_d, mask=md, other=0.0)
-    sp = state_ptr + pid_b * stride_sb + offs_d[:, None] * stride_sd + offs_n[None, :]
-    if SETTLED:
-        s = tl.load(sp, mask=m2, other=0.0)
-        x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
-        if HAS_Z:
-            z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
-    if CONSTANTS_FIRST:
+    if CONSTANTS_FIRST and not SETTLED:
         pdl_wait(PDL)
-    if not SETTLED:
-        x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+    sp = state_ptr + pid_b * stride_sb + offs_d[:, None] * stride_sd + offs_n[None, :]
+    s = tl.load(sp, mask=m2, other=0.0)
+    x = tl.load(x_ptr + pid_b * stride_xb + offs_d, mask=md, other=0.0).to(tl.float32)
+    if HAS_Z:
+        z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
+    if CONSTANTS_FIRST and SETTLED:
+        pdl_wait(PDL)
     if DT_PROJ:  # Δ = W_dt · δ from the low-rank δ (x_proj's first R outputs), in float32
         low = tl.load(dt_ptr + pid_b * stride_dtb + offs_r, mask=mr, other=0.0).to(tl.float32)
         dt = tl.sum(w.to(tl.float32) * low[None, :], axis=1)
@@ -226,16 +225,12 @@ def _ssm_update_kernel(state_ptr, x_ptr, dt_ptr, wdt_ptr, a_ptr, b_ptr, c_ptr, d
     a = a.to(tl.float32)
     bvec = tl.load(b_ptr + pid_b * stride_bb + offs_n).to(tl.float32)
     cvec = tl.load(c_ptr + pid_b * stride_cb + offs_n).to(tl.float32)
-    if not SETTLED:
-        s = tl.load(sp, mask=m2, other=0.0)
     s = tl.exp(dt[:, None] * a) * s + (dt * x)[:, None] * bvec[None, :]
     tl.store(sp, s, mask=m2)
     y = tl.sum(s * cvec[None, :], axis=1)
     if HAS_D:
         y += d_skip.to(tl.float32) * x
     if HAS_Z:
-        if not SETTLED:
-            z = tl.load(z_ptr + pid_b * stride_zb + offs_d, mask=md, other=0.0).to(tl.float32)
         y = y * (z / (1.0 + tl.exp(-z)))
     tl.store(y_ptr + pid_b * stride_yb + offs_d, y.to(y_ptr.dtype.element_ty), mask=md)
 
@@ -533,16 +528,14 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
         ms = offs_s < s_end
         ok = ms & (tl.load(valid_row + offs_s, mask=ms, other=0) != 0)
         if SETTLED == 1:  # SETTLED_KV
-            k_first = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
-            v_first = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+            k_first, v_first = _load_key_block(k_base, v_base, offs_s, ms, stride_ks, stride_vs)
         else:
             q = tl.load(q_ptrs, mask=q_ok, other=0.0)
         pdl_wait(PDL)
         if SETTLED == 1:
             q = tl.load(q_ptrs, mask=q_ok, other=0.0)
         else:
-            k_first = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
-            v_first = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+            k_first, v_first = _load_key_block(k_base, v_base, offs_s, ms, stride_ks, stride_vs)
         q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
         m, lsum, acc = _attn_decode_block(q, k_first.to(q.dtype), v_first.to(q.dtype), ok, m, lsum, acc, IEEE)
         first += BLOCK_S
@@ -553,9 +546,8 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
         offs_s = s0 + tl.arange(0, BLOCK_S)
         ms = offs_s < s_end
         ok = ms & (tl.load(valid_row + offs_s, mask=ms, other=0) != 0)
-        k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0).to(q_ptr.dtype.element_ty)
-        v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0).to(q_ptr.dtype.element_ty)
-        m, lsum, acc = _attn_decode_block(q, k, v, ok, m, lsum, acc, IEEE)
+        k, v = _load_key_block(k_base, v_base, offs_s, ms, stride_ks, stride_vs)
+        m, lsum, acc = _attn_decode_block(q, k.to(q.dtype), v.to(q.dtype), ok, m, lsum, acc, IEEE)
     # row i of the tile is partial row g·NR + i (DIFF: stream 1 rows, then stream 2 rows; each row [A(v1) | A(v2)])
     rows = g * NR + offs_m
     o_base = o_ptr + pid_b * stride_ob + sp * stride_os
@@ -570,6 +562,14 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
             _combine_group(pid_b, g, tl.cdiv(n_keys, per_split), o_ptr, m_ptr, l_ptr, lam_ptr, w_ptr, out_ptr,
                            stride_ob, stride_oh, stride_os, stride_mb, stride_mh, stride_outb, stride_outh, lambda_init,
                            eps, R, HD, DIFF, NSPLIT, W, ".cg")
+
+
+@triton.jit
+def _load_key_block(k_base, v_base, offs_s, ms, stride_ks, stride_vs):
+    """Keys and values of the positions ``offs_s`` (``ms``: inside the split), as stored."""
+    k = tl.load(k_base + offs_s[:, None] * stride_ks, mask=ms[:, None], other=0.0)
+    v = tl.load(v_base + offs_s[:, None] * stride_vs, mask=ms[:, None], other=0.0)
+    return k, v
 
 
 @triton.jit
