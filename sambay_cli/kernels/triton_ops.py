@@ -99,7 +99,7 @@ def causal_conv1d_update(x, conv_state, weight, bias, out_dtype=torch.float32, s
     _conv_update_kernel[grid](x, conv_state, weight, bias if bias is not None else weight, y, dim, x.stride(0),
                               conv_state.stride(0), conv_state.stride(1), y.stride(0), K=k,
                               HAS_BIAS=bias is not None, BLOCK_D=block, PDL=pdl,
-                              SETTLED=settled and k == 4 and bsz <= SETTLED_MAX_ROWS and reads_settled(pdl),
+                              SETTLED=k == 4 and _settled_form(settled, bsz, pdl),
                               **launch_options(pdl))
     return y
 
@@ -265,8 +265,7 @@ def selective_state_update(state, x, dt, A, B, C, D=None, z=None, dt_bias=None, 
         z.stride(0) if z is not None else 0, y.stride(0),
         N=n, HAS_D=D is not None, HAS_Z=z is not None, HAS_DTB=dt_bias is not None, SOFTPLUS=dt_softplus,
         DT_PROJ=dt_proj_weight is not None, BLOCK_R=triton.next_power_of_2(rank), BLOCK_D=block, PDL=pdl,
-        CONSTANTS_FIRST=a_ready and pdl != 0, SETTLED=settled and a_ready and bsz <= SETTLED_MAX_ROWS
-        and reads_settled(pdl),
+        CONSTANTS_FIRST=a_ready and pdl != 0, SETTLED=a_ready and _settled_form(settled, bsz, pdl),
         **launch_options(pdl),
     )
     return y
@@ -536,12 +535,12 @@ def _attn_decode_partial(q_ptr, k_ptr, v_ptr, valid_ptr, len_ptr, o_ptr, m_ptr, 
             q = tl.load(q_ptrs, mask=q_ok, other=0.0)
         else:
             k_first, v_first = _load_key_block(k_base, v_base, offs_s, ms, stride_ks, stride_vs)
-        q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
-        m, lsum, acc = _attn_decode_block(q, k_first.to(q.dtype), v_first.to(q.dtype), ok, m, lsum, acc, IEEE)
-        first += BLOCK_S
     else:
         q = tl.load(q_ptrs, mask=q_ok, other=0.0)
-        q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)
+    q = (q.to(tl.float32) * scale).to(q_ptr.dtype.element_ty)  # dots in q's dtype (an fp8 cache is widened)
+    if SETTLED != 0:
+        m, lsum, acc = _attn_decode_block(q, k_first.to(q.dtype), v_first.to(q.dtype), ok, m, lsum, acc, IEEE)
+        first += BLOCK_S
     for s0 in range(first, s_end, BLOCK_S):
         offs_s = s0 + tl.arange(0, BLOCK_S)
         ms = offs_s < s_end
@@ -702,6 +701,12 @@ SETTLED_KV, SETTLED_Q = 1, 2  # which operands of decode attention may be read b
 # (H100, 3.8B shape, 2K: int4 607 -> 622 tok/s, int8 463 -> 469). From 16 sequences the linears are GEMMs launched
 # without PDL, so nothing overlaps, and the split-off first key block compiled slower: batch 16 lost 2.5-3 %.
 SETTLED_MAX_ROWS = 1
+
+
+def _settled_form(wanted: bool, rows: int, pdl: int) -> bool:
+    """Whether a decode kernel whose caller declares settled inputs takes the form that reads them before its wait
+    point: declared, at most SETTLED_MAX_ROWS sequences, and a PDL mode that allows it."""
+    return bool(wanted) and rows <= SETTLED_MAX_ROWS and reads_settled(pdl)
 _SETTLED = {"": 0, "kv": SETTLED_KV, "q": SETTLED_Q}
 ATTN_DECODE_MAX_SPLITS = 32  # merging more partials in one program cost more than the extra programs gained (H100)
 
@@ -790,8 +795,7 @@ def diff_attention_decode(q, k, v, valid, n_keys, *, scale, lambda_full, lambda_
     counters = ws[1] if fused else None
     pdl = pdl_mode(q)
     # a cache widened on load (fp8 shared KV) keeps the plain form: with the first block split off it lost 5 % at 32K
-    settled_code = (_SETTLED[settled] if reads_settled(pdl) and bsz <= SETTLED_MAX_ROWS and k.dtype == q.dtype
-                    else 0)
+    settled_code = _SETTLED[settled] if k.dtype == q.dtype and _settled_form(settled, bsz, pdl) else 0
     _attn_decode_partial[(bsz, groups, splits)](
         q, k, v, valid, n_keys, o, m, lsum,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
