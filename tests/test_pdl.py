@@ -100,11 +100,11 @@ def _settled_kernels():
                                               dt_proj_weight=w_dt, settled=True)
         return torch.cat([y, state.flatten(1)], dim=-1)
 
-    hd, s_max = 16, 40
+    hd, s_max = 16, 80
     q = torch.randn(2, 8, hd, device=dev)
     k, v = torch.randn(2, 4, s_max, hd, device=dev), torch.randn(2, 4, s_max, hd, device=dev)
     valid = torch.rand(2, s_max, device=dev) > 0.2
-    n_keys = torch.tensor([37, 5], device=dev)  # row 1: three of the four splits own no keys
+    n_keys = torch.tensor([77, 5], device=dev)  # row 0: two key blocks per split; row 1: three splits own none
     lam, sub_w = torch.tensor(0.3, device=dev), torch.rand(2 * hd, device=dev) + 0.5
 
     def attention(settled, diff):
